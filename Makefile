@@ -1,0 +1,34 @@
+# manallm: `make run` serves the gateway, `make test` runs the suite. Both bootstrap .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 3025
+
+.PHONY: run test bench fake venv clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py import_aliases_if_empty
+	exec $(BIN)/daphne -b 0.0.0.0 -p $(PORT) manallm.asgi:application
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+# A fake upstream (Ollama, OpenAI-compatible clouds, Gemini) to try the gateway with no GPU.
+fake: $(STAMP)
+	$(BIN)/python fixtures/fake_upstream.py --port $${FAKE_PORT:-8099}
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,42 @@
+"""The gateway's own Prometheus metrics (SPEC §8), beside django-prometheus's.
+
+With PROMETHEUS_MULTIPROC_DIR set (``make run`` sets it), prometheus_client writes to
+shared files and /metrics aggregates every worker process.
+"""
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+llm_requests = Counter("mana_llm_llm_requests_total", "Chat and embeddings requests, by requested model.",
+                       ["provider", "model", "streaming"])
+llm_errors = Counter("mana_llm_llm_errors_total", "Failed upstream attempts and refused requests.",
+                     ["provider", "model", "error_type"])
+tokens = Counter("mana_llm_tokens_total", "Tokens reported by the serving provider.", ["provider", "model", "type"])
+latency = Histogram("mana_llm_llm_latency_seconds", "Upstream time of served requests.", ["provider", "model"],
+                    buckets=LATENCY_BUCKETS)
+time_to_first_token = Histogram("mana_llm_time_to_first_token_seconds", "Time to the first streamed token.",
+                                ["provider", "model"], buckets=LATENCY_BUCKETS)
+alias_resolved = Counter("mana_llm_alias_resolved_total", "Alias requests by the entry that served them.",
+                         ["alias", "target"])
+fallbacks = Counter("mana_llm_fallback_total", "Chain entries skipped or fallen over.",
+                    ["from_model", "to_model", "reason"])
+provider_healthy = Gauge("mana_llm_provider_healthy", "1 while the provider's breaker is closed.", ["provider"],
+                         multiprocess_mode="livemostrecent")
+deployment_healthy = Gauge("mana_llm_deployment_healthy", "1 while the deployment's breaker is closed.",
+                           ["provider", "model"], multiprocess_mode="livemostrecent")
+retries = Counter("mana_llm_retries_total", "Extra attempts on the same entry.", ["provider", "model", "reason"])
+
+
+def split(target):
+    """'openrouter/anthropic/claude-3-haiku' -> ('openrouter', 'anthropic/claude-3-haiku')."""
+    provider, _, model = target.partition("/")
+    return provider, model
+
+
+def on_breaker_transition(transition):
+    """Breaker listener: the health gauges mirror every breaker's state."""
+    healthy = 0 if transition.new_status == "unhealthy" else 1
+    if transition.model:
+        deployment_healthy.labels(transition.provider, transition.model).set(healthy)
+    else:
+        provider_healthy.labels(transition.provider).set(healthy)

@@ -1,0 +1,103 @@
+"""Middleware for the gateway.
+
+Every class here is async-native: Django runs a sync-only middleware hook through a
+thread hop, and the /v1 hot path is meant to have none beyond what Django itself does.
+"""
+import uuid
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from . import auth
+from .errors import AuthenticationFailed
+from .logs import request_id_var
+
+# The cookie-based stack the admin needs (sessions, auth, CSRF, messages). The
+# management API accepts a staff session too, so it runs there as well; the key-only
+# API paths skip it.
+BROWSER_STACK = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+BROWSER_PATHS = ("/admin", "/static/", "/v1/aliases", "/v1/health/")
+
+
+class AsyncMiddleware:
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response):
+        if not iscoroutinefunction(get_response):
+            raise TypeError(f"{type(self).__name__} needs an async handler chain")
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+
+class RequestIDMiddleware(AsyncMiddleware):
+    """Echo X-Request-ID (or make one) and put it in every log line of the request."""
+
+    async def __call__(self, request):
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        request.request_id = request_id
+        token = request_id_var.set(request_id)
+        try:
+            response = await self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response["X-Request-ID"] = request_id
+        return response
+
+
+class PrometheusMiddleware(AsyncMiddleware):
+    """django-prometheus's request metrics, called inline: its hooks only touch counters."""
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        from django_prometheus.middleware import PrometheusAfterMiddleware, PrometheusBeforeMiddleware
+
+        self.before = PrometheusBeforeMiddleware(get_response)
+        self.after = PrometheusAfterMiddleware(get_response)
+
+    async def __call__(self, request):
+        self.before.process_request(request)
+        self.after.process_request(request)
+        response = await self.get_response(request)
+        self.after.process_response(request, response)
+        return self.before.process_response(request, response)
+
+
+class BrowserStackMiddleware(AsyncMiddleware):
+    """Run the session/auth/CSRF stack only where a browser session can matter."""
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        handler = get_response
+        for path in reversed(BROWSER_STACK):
+            handler = import_string(path)(handler)
+        self.browser_handler = handler
+
+    async def __call__(self, request):
+        if request.path.startswith(BROWSER_PATHS):
+            return await self.browser_handler(request)
+        return await self.get_response(request)
+
+
+class ClientKeyMiddleware(AsyncMiddleware):
+    """With MANA_LLM_API_KEY set, every /v1 call needs a client (or the admin) key."""
+
+    async def __call__(self, request):
+        if (
+            settings.MANA_LLM_API_KEYS
+            and request.path.startswith("/v1/")
+            and request.method != "OPTIONS"
+            and not auth.has_client_access(request)
+        ):
+            return AuthenticationFailed(
+                "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+            ).response()
+        return await self.get_response(request)

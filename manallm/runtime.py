@@ -1,0 +1,113 @@
+"""What each server process runs beside its requests.
+
+The request path never touches the database in steady state: alias and breaker state
+live in memory. One background task per process re-reads what other processes wrote
+(every STATE_POLL_INTERVAL), and every database call made off the request path goes
+through one dedicated thread, so it neither blocks the event loop nor competes with
+Django's own sync thread.
+"""
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+logger = logging.getLogger("manallm.runtime")
+
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manallm-db")
+_state = {"loop": None, "task": None}
+
+
+async def run_db(fn, *args, **kwargs):
+    """Run a database function on the dedicated DB thread."""
+    return await asyncio.get_running_loop().run_in_executor(_executor, _call_db, fn, args, kwargs)
+
+
+def _call_db(fn, args, kwargs):
+    close_old_connections()
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        # A broken connection must not stick to the thread: reconnect next time.
+        connection.close()
+        raise
+
+
+def _sources():
+    from health.state import breakers
+    from routing.registry import registry
+
+    return (registry, breakers)
+
+
+async def ensure_started():
+    """Load state once and start the poller in this event loop (idempotent, cheap)."""
+    loop = asyncio.get_running_loop()
+    if _state["loop"] is loop:
+        return
+    _state["loop"] = loop
+    for source in _sources():
+        try:
+            await run_db(source.load)
+        except Exception:
+            logger.exception("could not load %s from the database; serving what is in memory", source)
+    _state["task"] = loop.create_task(_poll_forever())
+
+
+async def _poll_forever():
+    while True:
+        await asyncio.sleep(settings.STATE_POLL_INTERVAL)
+        await poll_once()
+
+
+async def poll_once():
+    for source in _sources():
+        try:
+            await run_db(source.poll)
+        except Exception as exc:
+            logger.warning("could not refresh %s from the database: %s", source, exc)
+
+
+def stop():
+    task = _state["task"]
+    if task is not None:
+        task.cancel()
+    _state.update(loop=None, task=None)
+
+
+def reload_aliases_file():
+    """SIGHUP: re-import ALIASES_FILE; a bad file changes nothing and is logged."""
+    from routing import aliasfile
+    from routing.validators import AliasError
+
+    path = settings.ALIASES_FILE
+    try:
+        result = aliasfile.sync(path)
+    except AliasError as exc:
+        logger.error("SIGHUP: not reloading %s: %s; aliases unchanged", path, exc)
+        return
+    except Exception:
+        logger.exception("SIGHUP: reloading %s failed; aliases unchanged", path)
+        return
+    finally:
+        connection.close()
+    from routing.registry import registry
+
+    registry.invalidate()
+    connection.close()
+    logger.info("SIGHUP: reloaded %s: %s", path, result.summary())
+
+
+def install_sighup():
+    """Re-import the aliases file on SIGHUP, in a thread: a signal handler must not do I/O."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        threading.Thread(target=reload_aliases_file, name="manallm-sighup", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, handler)

@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+from django_prometheus.exports import ExportToDjangoView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("metrics", ExportToDjangoView, name="prometheus-metrics"),
+    path("", include("health.urls")),
+    path("", include("routing.urls")),
+]
+
+handler404 = "manallm.views.not_found"
+handler500 = "manallm.views.server_error"

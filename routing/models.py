@@ -1,0 +1,108 @@
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.db.models import F, Q
+
+from .validators import AliasError, EntrySpec, validate_alias_name, validate_first_token_timeout, validate_target
+
+
+def _as_field_error(check, value):
+    try:
+        check(value)
+    except AliasError as exc:
+        raise ValidationError(exc.reason) from exc
+
+
+# Field validators delegating to routing.validators (module-level so migrations can name them).
+def alias_name_validator(value):
+    _as_field_error(validate_alias_name, value)
+
+
+def target_validator(value):
+    _as_field_error(validate_target, value)
+
+
+def first_token_timeout_validator(value):
+    _as_field_error(validate_first_token_timeout, value)
+
+
+class Alias(models.Model):
+    name = models.CharField(max_length=100, unique=True, validators=[alias_name_validator],
+                            help_text="mana/<class>, e.g. mana/long-form")
+    description = models.TextField(blank=True)
+    is_default = models.BooleanField("default", default=False,
+                                     help_text="Serves requests that name no model. Exactly one alias is the default.")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "aliases"
+        constraints = [
+            models.UniqueConstraint(fields=["is_default"], condition=Q(is_default=True), name="one_default_alias"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def save(self, *args, **kwargs):
+        # Marking this alias the default takes the mark from the previous one.
+        with transaction.atomic():
+            if self.is_default:
+                Alias.objects.filter(is_default=True).exclude(pk=self.pk).update(is_default=False)
+            super().save(*args, **kwargs)
+
+    def specs(self):
+        return [entry.spec() for entry in self.entries.all()]
+
+    def set_chain(self, specs):
+        """Replace the chain with these EntrySpecs, in order."""
+        with transaction.atomic():
+            self.entries.all().delete()
+            ChainEntry.objects.bulk_create(
+                ChainEntry(alias=self, position=i, target=spec.target, enabled=spec.enabled,
+                           first_token_timeout=spec.first_token_timeout)
+                for i, spec in enumerate(specs)
+            )
+            Revision.bump()  # bulk_create sends no post_save
+
+
+class ChainEntry(models.Model):
+    alias = models.ForeignKey(Alias, related_name="entries", on_delete=models.CASCADE)
+    position = models.PositiveIntegerField(default=0, db_index=True)
+    target = models.CharField(max_length=200, validators=[target_validator],
+                              help_text="provider/model, e.g. groq/llama-3.1-8b-instant")
+    enabled = models.BooleanField(default=True)
+    first_token_timeout = models.FloatField(
+        null=True, blank=True, validators=[first_token_timeout_validator],
+        help_text="Seconds to the first token before falling over (empty: FIRST_TOKEN_TIMEOUT).")
+
+    class Meta:
+        ordering = ["position", "id"]
+        verbose_name = "chain entry"
+        verbose_name_plural = "chain"
+
+    def __str__(self):
+        return self.target
+
+    def spec(self):
+        return EntrySpec(self.target, self.enabled, self.first_token_timeout)
+
+
+class Revision(models.Model):
+    """A counter bumped in the same transaction as every alias change (routing.signals).
+
+    Each server process polls this one row and reloads its in-memory registry only when
+    the number moved, so the request path never queries aliases.
+    """
+
+    name = models.CharField(max_length=50, primary_key=True)
+    number = models.BigIntegerField(default=0)
+
+    ALIASES = "aliases"
+
+    @classmethod
+    def bump(cls):
+        if not cls.objects.filter(name=cls.ALIASES).update(number=F("number") + 1):
+            cls.objects.get_or_create(name=cls.ALIASES, defaults={"number": 1})
+
+    @classmethod
+    def current(cls):
+        return cls.objects.filter(name=cls.ALIASES).values_list("number", flat=True).first() or 0

@@ -1,0 +1,123 @@
+"""The alias registry each process serves from memory (SPEC §4, §7).
+
+``registry.snapshot`` is an immutable ``Snapshot`` swapped whole on reload, so the
+request path reads it without a lock and without a query. It is reloaded when the
+``Revision`` counter moves (``poll``, run by manallm.runtime off the request path) or
+right after this process commits a change (``invalidate``, from routing.signals).
+"""
+import logging
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from .validators import EntrySpec
+
+logger = logging.getLogger("manallm.routing")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One chain entry as the router sees it."""
+
+    provider: str
+    model: str
+    enabled: bool = True
+    first_token_timeout: float | None = None
+
+    @property
+    def target(self):
+        return f"{self.provider}/{self.model}"
+
+    @classmethod
+    def from_spec(cls, spec: EntrySpec):
+        provider, _, model = spec.target.partition("/")
+        return cls(provider, model, spec.enabled, spec.first_token_timeout)
+
+
+@dataclass(frozen=True)
+class AliasView:
+    name: str
+    description: str
+    chain: tuple  # of Entry
+
+    def to_api(self):
+        return {"name": self.name, "description": self.description, "chain": [e.target for e in self.chain]}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int = -1
+    aliases: dict = field(default_factory=dict)  # name -> AliasView
+    default: str | None = None
+
+
+class AliasRegistry:
+    def __init__(self):
+        self.snapshot = Snapshot()
+
+    def __str__(self):
+        return "aliases"
+
+    @property
+    def loaded(self):
+        return self.snapshot.revision >= 0
+
+    def load(self):
+        """Read every alias (sync; call off the event loop)."""
+        from .models import Alias, Revision
+
+        revision = Revision.current()
+        aliases, default = {}, None
+        for alias in Alias.objects.prefetch_related("entries"):
+            aliases[alias.name] = AliasView(
+                alias.name, alias.description, tuple(Entry.from_spec(entry.spec()) for entry in alias.entries.all())
+            )
+            if alias.is_default:
+                default = alias.name
+        self.snapshot = Snapshot(revision, aliases, default)
+
+    def poll(self):
+        """Reload when another process (or path) moved the revision."""
+        from .models import Revision
+
+        if Revision.current() != self.snapshot.revision:
+            self.load()
+
+    def invalidate(self):
+        try:
+            self.load()
+        except Exception:
+            logger.exception("could not reload aliases after a change; the poller will retry")
+            self.snapshot = Snapshot(-1, self.snapshot.aliases, self.snapshot.default)
+
+    # --- SPEC §4 model names ------------------------------------------------------------
+
+    def resolve(self, name):
+        """The chain for a requested model name: (alias name or None, tuple of Entry).
+
+        Raises ModelNotFound for an unknown alias, provider or missing default.
+        """
+        from manallm.errors import ModelNotFound
+
+        snapshot = self.snapshot
+        if not name:
+            if snapshot.default is None:
+                raise ModelNotFound("No model given and no default alias is configured.", param="model")
+            name = snapshot.default
+        if name.startswith("mana/"):
+            alias = snapshot.aliases.get(name)
+            if alias is None:
+                known = ", ".join(sorted(snapshot.aliases)) or "none"
+                raise ModelNotFound(f"Unknown alias {name!r}. Known aliases: {known}.", param="model")
+            return alias.name, alias.chain
+        provider, slash, model = name.partition("/")
+        if not slash:
+            return None, (Entry("ollama", name),)
+        if provider not in settings.PROVIDER_NAMES or not model:
+            raise ModelNotFound(
+                f"Unknown model {name!r}: use an alias (mana/<class>), provider/model with a provider of "
+                f"{', '.join(settings.PROVIDER_NAMES)}, or a bare Ollama model name.", param="model")
+        return None, (Entry(provider, model),)
+
+
+registry = AliasRegistry()

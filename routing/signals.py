@@ -1,0 +1,23 @@
+"""Every committed alias change, by any path, moves the revision and refreshes this process."""
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from .models import Alias, ChainEntry, Revision
+
+
+@receiver(post_save, sender=Alias)
+@receiver(post_delete, sender=Alias)
+@receiver(post_save, sender=ChainEntry)
+@receiver(post_delete, sender=ChainEntry)
+def alias_changed(**kwargs):
+    Revision.bump()
+    transaction.on_commit(_refresh_registry)
+
+
+def _refresh_registry():
+    # The writing process serves its own change on the next request; the others pick
+    # it up from the revision within STATE_POLL_INTERVAL.
+    from .registry import registry
+
+    registry.invalidate()

@@ -1,0 +1,159 @@
+"""The one validator of alias data (SPEC §7), used by the YAML import, the admin and the API.
+
+Each function raises ``AliasError`` with the alias, the field and the reason, and returns
+the normalised value: a chain entry always comes back as an ``EntrySpec``.
+"""
+import re
+from dataclasses import dataclass
+
+from django.conf import settings
+
+ALIAS_NAME = re.compile(r"^mana/[A-Za-z0-9][A-Za-z0-9._:-]*$")
+ENTRY_OPTIONS = {"target", "enabled", "first_token_timeout"}
+
+
+class AliasError(ValueError):
+    def __init__(self, reason, *, alias=None, field=None):
+        self.alias, self.field, self.reason = alias, field, reason
+        where = " ".join(part for part in (f"alias {alias!r}" if alias else "", field or "") if part)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    target: str
+    enabled: bool = True
+    first_token_timeout: float | None = None
+
+    @property
+    def has_options(self):
+        return not self.enabled or self.first_token_timeout is not None
+
+    def to_data(self):
+        """The YAML/API form: a plain string unless the entry carries options."""
+        if not self.has_options:
+            return self.target
+        data = {"target": self.target}
+        if not self.enabled:
+            data["enabled"] = False
+        if self.first_token_timeout is not None:
+            data["first_token_timeout"] = self.first_token_timeout
+        return data
+
+
+def validate_alias_name(name):
+    if not isinstance(name, str) or not ALIAS_NAME.match(name):
+        raise AliasError(
+            f"{name!r} is not a valid alias name: use 'mana/<class>' with one segment "
+            "of letters, digits, '.', '_', ':' or '-'",
+            alias=name if isinstance(name, str) else None,
+            field="name",
+        )
+    return name
+
+
+def validate_target(target, *, alias=None, field="chain"):
+    """A ``provider/model`` string whose provider manallm knows."""
+    if not isinstance(target, str) or "/" not in target:
+        raise AliasError(f"entry {target!r} must be a 'provider/model' string", alias=alias, field=field)
+    provider, _, model = target.partition("/")
+    if provider not in settings.PROVIDER_NAMES:
+        known = ", ".join(settings.PROVIDER_NAMES)
+        raise AliasError(f"entry {target!r} names unknown provider {provider!r} (known: {known})",
+                         alias=alias, field=field)
+    if not model.strip() or model != model.strip():
+        raise AliasError(f"entry {target!r} has an empty or padded model name", alias=alias, field=field)
+    return target
+
+
+def validate_first_token_timeout(value, *, alias=None, field="first_token_timeout"):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise AliasError(f"{value!r} must be a positive number of seconds", alias=alias, field=field)
+    return float(value)
+
+
+def validate_entry(entry, *, alias=None, index=0):
+    field = f"chain[{index}]"
+    if isinstance(entry, str):
+        return EntrySpec(validate_target(entry, alias=alias, field=field))
+    if not isinstance(entry, dict):
+        raise AliasError("must be a 'provider/model' string or a mapping with 'target'", alias=alias, field=field)
+    unknown = set(entry) - ENTRY_OPTIONS
+    if unknown:
+        raise AliasError(f"unknown option(s) {', '.join(sorted(map(str, unknown)))}; allowed: "
+                         f"{', '.join(sorted(ENTRY_OPTIONS))}", alias=alias, field=field)
+    if "target" not in entry:
+        raise AliasError("a mapping entry needs 'target: provider/model'", alias=alias, field=field)
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise AliasError(f"'enabled' must be true or false, not {enabled!r}", alias=alias, field=f"{field}.enabled")
+    return EntrySpec(
+        validate_target(entry["target"], alias=alias, field=f"{field}.target"),
+        enabled,
+        validate_first_token_timeout(entry.get("first_token_timeout"), alias=alias,
+                                     field=f"{field}.first_token_timeout"),
+    )
+
+
+def validate_chain(chain, *, alias=None):
+    if not isinstance(chain, list) or not chain:
+        raise AliasError("must be a non-empty list of 'provider/model' entries", alias=alias, field="chain")
+    return [validate_entry(entry, alias=alias, index=i) for i, entry in enumerate(chain)]
+
+
+def validate_description(description, *, alias=None):
+    if description is None:
+        return ""
+    if not isinstance(description, str):
+        raise AliasError("must be a string", alias=alias, field="description")
+    return description
+
+
+@dataclass(frozen=True)
+class AliasSpec:
+    name: str
+    description: str
+    chain: tuple
+
+    def to_data(self):
+        return {"description": self.description, "chain": [entry.to_data() for entry in self.chain]}
+
+
+def validate_alias(name, body):
+    """One alias: its name and a ``{"description", "chain"}`` mapping."""
+    validate_alias_name(name)
+    if not isinstance(body, dict):
+        raise AliasError("must be a mapping with 'description' and 'chain'", alias=name, field="body")
+    unknown = set(body) - {"description", "chain"}
+    if unknown:
+        raise AliasError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}", alias=name,
+                         field=sorted(map(str, unknown))[0])
+    if "chain" not in body:
+        raise AliasError("is required", alias=name, field="chain")
+    return AliasSpec(name, validate_description(body.get("description"), alias=name),
+                     tuple(validate_chain(body["chain"], alias=name)))
+
+
+@dataclass(frozen=True)
+class AliasDocument:
+    aliases: dict  # name -> AliasSpec
+    default: str | None
+
+
+def validate_document(data):
+    """A whole aliases file: ``{"aliases": {name: {...}}, "default": name}``."""
+    if not isinstance(data, dict):
+        raise AliasError("the file must be a mapping with 'aliases' and 'default'", field="root")
+    unknown = set(data) - {"aliases", "default"}
+    if unknown:
+        raise AliasError(f"unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}", field="root")
+    aliases = data.get("aliases")
+    if not isinstance(aliases, dict) or not aliases:
+        raise AliasError("must be a non-empty mapping of alias name to alias", field="aliases")
+    specs = {name: validate_alias(name, body) for name, body in aliases.items()}
+    default = data.get("default")
+    if default is not None and default not in specs:
+        raise AliasError(f"{default!r} is not an alias defined in this file", field="default")
+    return AliasDocument(specs, default)
