@@ -1,0 +1,290 @@
+"""The HTTP half every HTTP adapter shares: one pooled httpx client per provider, and the
+one place where transport failures and error answers become ``providers.errors``.
+
+The client is created lazily on first use, inside the running event loop (an
+``httpx.AsyncClient``'s connections belong to the loop that opened them); if the
+provider is later used from another loop (tests, a management command) a fresh client is
+made for that loop. The API key only ever lives in the client's default headers, whose
+repr httpx masks; every message built here is scrubbed of it as well.
+"""
+import asyncio
+import contextlib
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import orjson
+
+from . import errors
+from .base import Provider
+
+logger = logging.getLogger("manallm.providers")
+
+MAX_MESSAGE_CHARS = 1000
+
+# After a stream's end marker, how long to wait for the body's end (for keep-alive reuse).
+DRAIN_TIMEOUT = 1.0
+
+LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
+
+
+def safe_url(url):
+    """The URL without any user:password part (for messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
+
+
+def dumps(value):
+    return orjson.dumps(value)
+
+
+def loads(data):
+    return orjson.loads(data)
+
+
+def error_details(content):
+    """(message, code) from an error answer's body.
+
+    Understands the OpenAI envelope ``{"error": {"message", "code", "type"}}`` (also with a
+    numeric ``code``, as OpenRouter sends), Ollama's ``{"error": "..."}``, ``{"message"}``
+    / ``{"detail"}`` bodies, and plain text.
+    """
+    if isinstance(content, (bytes, bytearray)):
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            data = content.decode("utf-8", "replace")
+    else:
+        data = content
+    message, code = None, None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or error.get("error")
+            raw_code = error.get("code")
+            if isinstance(raw_code, str) and raw_code:
+                code = raw_code
+            elif isinstance(error.get("type"), str) and error["type"] not in ("", "invalid_request_error", "error"):
+                code = error["type"]
+            metadata = error.get("metadata")
+            if isinstance(metadata, dict) and isinstance(metadata.get("raw"), str) and not message:
+                message = metadata["raw"]
+        elif error is not None:
+            message = error
+    elif isinstance(data, str):
+        message = data.strip()
+    if message is not None and not isinstance(message, str):
+        message = orjson.dumps(message).decode()
+    return (message or "").strip()[:MAX_MESSAGE_CHARS], code
+
+
+def payload_error(payload, *, scrub=str):
+    """The taxonomy error for an error carried inside a 200 answer or a stream event.
+
+    A numeric ``code`` in the 4xx/5xx range is read as an HTTP status; otherwise a
+    context-length or content-policy message keeps its class, a rate limit is a 429, and
+    anything else counts as an upstream server error (502).
+    """
+    message, code = error_details(payload)
+    message = scrub(message or "The upstream reported an error.")
+    error = payload.get("error") if isinstance(payload, dict) else None
+    raw_code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(raw_code, int) and 400 <= raw_code < 600:
+        return errors.from_status(raw_code, message, code=code)
+    classified = errors.from_status(400, message, code=code)
+    if isinstance(classified, (errors.ContextLengthExceeded, errors.Blocked)):
+        return classified
+    text = f"{message} {code or ''}".lower()
+    if "rate_limit" in text or "rate limit" in text:
+        return errors.from_status(429, message, code=code)
+    return errors.from_status(502, message, code=code)
+
+
+class HTTPProvider(Provider):
+    """A Provider that talks HTTP through one pooled, keep-alive ``httpx.AsyncClient``."""
+
+    def __init__(self, name, **kwargs):
+        super().__init__(name, **kwargs)
+        self._client = None
+        self._client_loop = None
+
+    # --- the client ------------------------------------------------------------------
+
+    def default_headers(self):
+        headers = {"Accept": "application/json", "User-Agent": "manallm"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _new_client(self):
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+            limits=LIMITS,
+            headers=self.default_headers(),
+            follow_redirects=False,
+        )
+
+    @property
+    def client(self):
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.is_closed or self._client_loop is not loop:
+            if self._client is not None and not self._client.is_closed:
+                logger.debug("%s: new HTTP client for a new event loop", self.name)
+            self._client = self._new_client()
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self):
+        client, self._client = self._client, None
+        loop, self._client_loop = self._client_loop, None
+        if client is None or client.is_closed:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            await client.aclose()
+
+    def url(self, path):
+        return f"{self.base_url}{path}"
+
+    # --- failures ----------------------------------------------------------------------
+
+    def scrub(self, text):
+        text = str(text)
+        if self.api_key and self.api_key in text:
+            text = text.replace(self.api_key, "***")
+        return text
+
+    def transport_error(self, exc):
+        """The taxonomy class for an httpx transport exception."""
+        where = safe_url(self.base_url)
+        detail = self.scrub(str(exc) or type(exc).__name__)
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol,
+                            httpx.ProxyError, httpx.InvalidURL)):
+            return errors.ConnectError(f"{self.name}: cannot connect to {where}: {detail}")
+        if isinstance(exc, httpx.TimeoutException):  # read / write / pool
+            return errors.Timeout(f"{self.name}: no answer from {where} in time ({type(exc).__name__})")
+        return errors.ProtocolError(f"{self.name}: connection to {where} failed: {detail} ({type(exc).__name__})")
+
+    @contextlib.contextmanager
+    def transport_errors(self):
+        try:
+            yield
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise self.transport_error(exc) from None
+
+    def response_error(self, response, content):
+        """``errors.from_status`` for a non-2xx answer whose body has been read."""
+        message, code = error_details(content)
+        message = self.scrub(message or response.reason_phrase or "error")
+        retry_after = errors.parse_retry_after(response.headers.get("retry-after"))
+        return errors.from_status(
+            response.status_code, f"{self.name}: {message}", code=code, retry_after=retry_after
+        )
+
+    def payload_error(self, payload):
+        error = payload_error(payload, scrub=self.scrub)
+        error.message = f"{self.name}: {error.message}"
+        error.args = (error.message,)
+        return error
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def request_json(self, method, path, json=None, *, timeout=None):
+        """One request; the decoded JSON answer, or a taxonomy error."""
+        kwargs = {}
+        if json is not None:
+            kwargs["content"] = dumps(json)
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        with self.transport_errors():
+            response = await self.client.request(method, self.url(path), **kwargs)
+        if not response.is_success:
+            raise self.response_error(response, response.content)
+        try:
+            return loads(response.content)
+        except orjson.JSONDecodeError:
+            raise errors.ProtocolError(
+                f"{self.name}: {method} {path} answered {response.status_code} with a body that is not JSON"
+            ) from None
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method, path, json=None, *, timeout=None):
+        """A streamed request: yields the 2xx response, its body still unread.
+
+        A non-2xx answer raises its taxonomy error; transport failures while the caller
+        reads the body are mapped too. Leaving the block (normally, on an error, on
+        ``aclose()`` of the generator using it, or on cancellation) closes the response,
+        so an abandoned upstream request is cut at once.
+        """
+        kwargs = {}
+        if json is not None:
+            kwargs["content"] = dumps(json)
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            async with self.client.stream(method, self.url(path), **kwargs) as response:
+                if not response.is_success:
+                    raise self.response_error(response, await response.aread())
+                yield response
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise self.transport_error(exc) from None
+
+    async def check(self, method, path, *, timeout=None):
+        """A status-only request (probes): reads no body, raises on any failure."""
+        async with self.stream(method, path, timeout=timeout):
+            pass
+
+
+async def drain(iterator, timeout=DRAIN_TIMEOUT):
+    """Read what is left of a streamed body after its end marker (``iterator`` is the one
+    reading it), so the connection goes back to the pool for reuse; an upstream that keeps
+    the body open longer than ``timeout`` just has its connection closed."""
+    try:
+        async with asyncio.timeout(timeout):
+            async for _ in iterator:
+                pass
+    except (TimeoutError, httpx.HTTPError, httpx.StreamError):
+        pass
+
+
+async def aiter_lines(response):
+    """The body's lines (any line ending), transport errors left to ``stream()``."""
+    async for line in response.aiter_lines():
+        yield line
+
+
+async def sse_data(lines):
+    """The ``data`` payloads of a server-sent-events stream, one string per event.
+
+    Comments (``: keep-alive``) and other fields are ignored; multi-line ``data`` fields
+    are joined with newlines; a last event without its blank line is still delivered.
+    """
+    data = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+    if data:
+        yield "\n".join(data)

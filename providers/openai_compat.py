@@ -1,0 +1,106 @@
+"""OpenAI-compatible clouds and servers: OpenRouter, Groq, Together, OpenAI, vLLM, ...
+
+The client's OpenAI body is passed through (a copy, with the provider-side model); answers
+come back exactly as the upstream sent them (the router rewrites ``model``).
+"""
+import contextlib
+import logging
+
+import orjson
+
+from . import errors
+from .http import HTTPProvider, aiter_lines, drain, loads, sse_data
+
+logger = logging.getLogger("manallm.providers")
+
+
+def decode_event(data):
+    """The JSON objects in one SSE ``data`` payload, or None when it is malformed.
+
+    Normally one object; a payload whose lines are separate objects (an upstream that
+    forgot the blank line between events) yields each of them.
+    """
+    try:
+        return [loads(data)]
+    except orjson.JSONDecodeError:
+        pass
+    if "\n" in data:
+        try:
+            return [loads(part) for part in data.split("\n") if part.strip()]
+        except orjson.JSONDecodeError:
+            pass
+    return None
+
+
+class OpenAICompatProvider(HTTPProvider):
+    kind = "openai"
+
+    def request_body(self, model, body, *, stream):
+        payload = dict(body)
+        payload["model"] = model
+        if stream:
+            payload["stream"] = True
+            options = payload.get("stream_options")
+            payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        else:
+            payload.pop("stream", None)
+            payload.pop("stream_options", None)
+        return payload
+
+    async def chat(self, model, body):
+        answer = await self.request_json("POST", "/chat/completions", self.request_body(model, body, stream=False))
+        if not isinstance(answer, dict):
+            raise errors.ProtocolError(f"{self.name}: the chat answer is not a JSON object")
+        if answer.get("error") and not answer.get("choices"):
+            raise self.payload_error(answer)
+        if not isinstance(answer.get("choices"), list):
+            raise errors.ProtocolError(f"{self.name}: the chat answer has no 'choices'")
+        return answer
+
+    async def chat_stream(self, model, body):
+        payload = self.request_body(model, body, stream=True)
+        async with self.stream("POST", "/chat/completions", payload) as response:
+            async with contextlib.aclosing(sse_data(aiter_lines(response))) as events:
+                async for data in events:
+                    if data.strip() == "[DONE]":
+                        await drain(events)
+                        return
+                    decoded = decode_event(data)
+                    if decoded is None:
+                        logger.warning("%s/%s: skipped a malformed stream event: %.200r", self.name, model, data)
+                        continue
+                    for event in decoded:
+                        if not isinstance(event, dict):
+                            logger.warning("%s/%s: skipped a stream event that is not an object: %.200r",
+                                           self.name, model, data)
+                            continue
+                        if event.get("error"):
+                            raise self.payload_error(event)
+                        yield event
+
+    async def embed(self, model, body):
+        payload = dict(body)
+        payload["model"] = model
+        payload.pop("encoding_format", None)  # floats (the default); the API layer does base64
+        answer = await self.request_json("POST", "/embeddings", payload)
+        if not isinstance(answer, dict):
+            raise errors.ProtocolError(f"{self.name}: the embeddings answer is not a JSON object")
+        if answer.get("error") and not answer.get("data"):
+            raise self.payload_error(answer)
+        if not isinstance(answer.get("data"), list):
+            raise errors.ProtocolError(f"{self.name}: the embeddings answer has no 'data'")
+        return answer
+
+    async def list_models(self):
+        answer = await self.request_json("GET", "/models")
+        items = answer.get("data") if isinstance(answer, dict) else answer  # Together answers a bare list
+        if not isinstance(items, list):
+            raise errors.ProtocolError(f"{self.name}: the models answer has no 'data' list")
+        return [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+    async def probe(self):
+        # Status only: OpenRouter's model list is large and a probe needs none of it.
+        await self.check("GET", "/models")
+
+    async def supports_tools(self, model):
+        return True
