@@ -1,7 +1,8 @@
 """The OpenAI error envelope, shared by every view, the router and every adapter."""
 import logging
 
-from django.http import JsonResponse
+import orjson
+from django.http import HttpResponse
 
 logger = logging.getLogger("manallm")
 
@@ -32,10 +33,7 @@ class APIError(Exception):
         return {"error": error}
 
     def response(self):
-        response = JsonResponse(self.body(), status=self.status)
-        for name, value in self.headers.items():
-            response[name] = value
-        return response
+        return json_response(self.body(), self.status, self.headers)
 
 
 class InvalidRequest(APIError):
@@ -71,6 +69,14 @@ class MethodNotAllowed(APIError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+def json_response(data, status=200, headers=None):
+    """A JSON response with its length set (the /v1 paths skip CommonMiddleware)."""
+    content = orjson.dumps(data)
+    response = HttpResponse(content, status=status, headers=headers, content_type="application/json")
+    response["Content-Length"] = str(len(content))
+    return response
 
 
 def server_error(request_id):

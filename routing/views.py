@@ -7,19 +7,15 @@ from urllib.parse import unquote
 
 import orjson
 from django.conf import settings
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 
 from manallm import runtime
-from manallm.errors import APIError, MethodNotAllowed, ModelNotFound, server_error
+from manallm.errors import APIError, MethodNotAllowed, ModelNotFound, json_response, server_error
 
 from . import catalog, schema
 from .router import router
 
 logger = logging.getLogger("manallm.api")
-
-
-def json_response(data, status=200, headers=None):
-    return HttpResponse(orjson.dumps(data), status=status, headers=headers, content_type="application/json")
 
 
 def api_view(*methods):

@@ -1,0 +1,94 @@
+"""Run the real gateway: a daphne process on a free port with its own SQLite file."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def provider_env(fake_url):
+    """Point every provider at the fake upstream (each cloud under its own path prefix)."""
+    env = {"OLLAMA_URL": fake_url, "GOOGLE_API_KEY": "test-google-key", "GOOGLE_BASE_URL": f"{fake_url}/google"}
+    for name in ("openrouter", "groq", "together", "openai"):
+        env[f"{name.upper()}_API_KEY"] = f"test-{name}-key"
+        env[f"{name.upper()}_BASE_URL"] = f"{fake_url}/{name}/v1"
+    return env
+
+
+class Server:
+    def __init__(self, workdir, env=None, database=None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database = database or f"sqlite:///{self.workdir / 'db.sqlite3'}"
+        self.env = {**os.environ, "DATABASE_URL": self.database, "PYTHONUNBUFFERED": "1",
+                    "ALIASES_FILE": str(ROOT / "aliases.yaml"), "STATE_POLL_INTERVAL": "0.1", **(env or {})}
+        self.env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.process = None
+        self.log_path = self.workdir / f"server-{self.port}.log"
+
+    def manage(self, *args, check=True):
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=check,
+                              capture_output=True, text=True, timeout=120)
+
+    def prepare(self):
+        self.manage("migrate", "--noinput")
+        self.manage("import_aliases_if_empty")
+        return self
+
+    def start(self):
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "manallm.asgi:application"],
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not start:\n{self.logs()}")
+
+    def logs(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum=signal.SIGHUP):
+        self.process.send_signal(signum)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+def wait_for(predicate, timeout=5.0, interval=0.02):
+    """Poll a condition (state that another process changes); returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
