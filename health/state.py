@@ -1,0 +1,352 @@
+"""The in-memory breaker board every process keeps (SPEC §6), and its persistence.
+
+The router reads and records breaker state on the hot path through the module singleton
+``breakers``: no database query there. A state change is written to the ``Breaker`` row
+in the background (through ``manallm.runtime.run_db``, fire-and-forget: the request never
+waits for it and a database error is only logged). State written by other workers or by
+``probe_providers`` arrives through ``poll()``, which the runtime calls on its DB thread
+every STATE_POLL_INTERVAL; a row replaces this process's copy only when its
+``updated_at`` is newer, so a local change whose write is still pending is not reverted.
+
+Threading: the event loop thread reads and records; the DB thread merges rows in
+``poll()``; admin actions record from a sync worker thread. Breaker values are immutable
+and swapped in a dict under a lock held only for the read-modify-write (no I/O under
+it); readers take no lock.
+
+Listeners (``add_listener``) get a ``Transition`` on every status change, local or
+arriving from the database. They run in the thread that saw the change (the event loop,
+the DB thread for polled changes, an admin thread), so they must be cheap and
+thread-safe; one that raises is logged and ignored.
+"""
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from .breakers import HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
+
+logger = logging.getLogger("manallm.health")
+
+SKIP_REASON = "cache-unhealthy"
+_FIELDS = ("key", "provider", "model", "consecutive_failures", "last_error", "last_check", "unhealthy_until",
+           "updated_at")
+
+
+@dataclass(frozen=True)
+class Transition:
+    key: str
+    provider: str
+    model: str
+    old_status: str
+    new_status: str
+    error: str | None = None
+    unhealthy_until: float | None = None
+    source: str = "local"  # "local" (this process recorded it) or "db" (read from another process's write)
+
+
+class BreakerBoard:
+    def __init__(self, clock=time.time, log_transitions=True):
+        self.clock = clock
+        self._breakers = {}  # key -> breakers.Breaker (immutable; swapped, never mutated)
+        self._lock = threading.Lock()
+        self._listeners = []
+        self._pending = set()
+        if log_transitions:
+            self.add_listener(log_transition)
+
+    def __str__(self):
+        return "breakers"
+
+    # --- reads (hot path: no lock, no database) ----------------------------------------
+
+    def get(self, provider, model=""):
+        """The breaker value, or None when this process has no state for it (closed)."""
+        return self._breakers.get(breaker_key(provider, model))
+
+    def status(self, provider, model=""):
+        breaker = self.get(provider, model)
+        return HEALTHY if breaker is None else breaker.status(self.clock())
+
+    def skip_reason(self, provider, model):
+        """``"cache-unhealthy"`` when the provider's or the deployment's breaker is open, else None.
+
+        Half-open lets the call through (its result closes or re-opens the breaker).
+        """
+        now = self.clock()
+        breaker = self._breakers.get(provider)
+        if breaker is not None and breaker.unhealthy_until is not None and now < breaker.unhealthy_until:
+            return SKIP_REASON
+        if model:
+            breaker = self._breakers.get(f"{provider}/{model}")
+            if breaker is not None and breaker.unhealthy_until is not None and now < breaker.unhealthy_until:
+                return SKIP_REASON
+        return None
+
+    def retry_after(self, entries):
+        """Seconds until the first of these (provider, model) entries half-opens, or None.
+
+        An entry becomes usable when both its provider and its deployment breaker allow
+        calls; entries not held by an open breaker are ignored.
+        """
+        now = self.clock()
+        first = None
+        for provider, model in entries:
+            until = None
+            for key in (provider, breaker_key(provider, model)):
+                breaker = self._breakers.get(key)
+                if breaker is not None and breaker.status(now) == UNHEALTHY:
+                    until = breaker.unhealthy_until if until is None else max(until, breaker.unhealthy_until)
+            if until is not None and (first is None or until < first):
+                first = until
+        return None if first is None else max(first - now, 0.0)
+
+    def snapshot(self):
+        """{provider: {status, consecutive_failures, last_error, last_check_unix,
+        unhealthy_until_unix, "models": {model: {same fields}}}} for every provider this
+        process has state for (a provider with only deployment state shows a closed
+        provider breaker)."""
+        now = self.clock()
+        with self._lock:
+            values = list(self._breakers.values())
+        result = {}
+        for breaker in sorted(values, key=lambda b: (b.provider, b.model)):
+            entry = result.get(breaker.provider)
+            if entry is None:
+                entry = result[breaker.provider] = {**Breaker.new(breaker.provider).as_dict(now), "models": {}}
+            if breaker.model:
+                entry["models"][breaker.model] = breaker.as_dict(now)
+            else:
+                entry.update(breaker.as_dict(now))
+        return result
+
+    def entry(self, provider):
+        """One provider's snapshot entry (a closed, empty one when there is no state)."""
+        return self.snapshot().get(provider) or {**Breaker.new(provider).as_dict(self.clock()), "models": {}}
+
+    # --- writes (hot path: memory now, database in the background) --------------------
+
+    def record_success(self, provider, model="", *, touch=False):
+        """A call to ``provider/model`` succeeded: close the deployment breaker and the
+        provider's. ``model=""`` closes the provider breaker only (the prober). ``touch``
+        persists ``last_check`` even when nothing else changed (the prober's checks)."""
+        now = self.clock()
+        keys = [(provider, model), (provider, "")] if model else [(provider, "")]
+        for p, m in keys:
+            current = self._breakers.get(breaker_key(p, m))
+            if not touch and (current is None or current.is_pristine()):
+                continue  # fast path: nothing to change, nothing to write
+            self._apply(p, m, now, (lambda b: b.touch(now)) if touch else (lambda b: b.record_success(now)))
+
+    def record_failure(self, provider, model, level, error_text):
+        """A failed attempt. ``level`` is ProviderError.breaker: ``"provider"`` counts
+        against the provider's breaker, ``"deployment"`` against ``provider/model``,
+        None against none."""
+        if level not in ("provider", "deployment"):
+            return
+        if level == "provider" or not model:
+            model = ""
+        now = self.clock()
+        threshold = settings.BREAKER_FAILURE_THRESHOLD
+        backoff = settings.BREAKER_BACKOFF_SECONDS
+        text = clean_error(error_text, _secrets())
+        self._apply(provider, model, now, lambda b: b.record_failure(now, text, threshold, backoff), error=text)
+
+    def reset(self, provider):
+        """Close the provider's breaker and all its deployments' (operator reset).
+
+        Rows this process has not polled yet are closed in the database too.
+        """
+        now = self.clock()
+        with self._lock:
+            keys = [key for key, b in self._breakers.items() if b.provider == provider]
+        self._close_keys(keys, now, persist=False)
+        self._schedule(_reset_rows, {"provider": provider}, now)
+
+    def reset_keys(self, keys):
+        """Close exactly these breakers (the admin action)."""
+        keys = list(keys)
+        now = self.clock()
+        self._close_keys(keys, now, persist=False)
+        self._schedule(_reset_rows, {"key__in": keys}, now)
+
+    def _close_keys(self, keys, now, persist):
+        for key in keys:
+            breaker = self._breakers.get(key)
+            if breaker is not None:
+                self._apply(breaker.provider, breaker.model, now, lambda b: b.close(now), persist=persist)
+
+    def _apply(self, provider, model, now, change, error=None, persist=True):
+        key = breaker_key(provider, model)
+        with self._lock:
+            old = self._breakers.get(key) or Breaker.new(provider, model)
+            new, changed = change(old)
+            if not changed:
+                return
+            self._breakers[key] = new
+        if persist:
+            self._schedule(_write_row, new)
+        old_status, new_status = old.status(now), new.status(now)
+        if old_status != new_status:
+            self._emit(Transition(key, provider, model, old_status, new_status,
+                                  error if new_status != HEALTHY else None, new.unhealthy_until))
+
+    # --- persistence ----------------------------------------------------------------
+
+    def _schedule(self, fn, *args):
+        """Run a DB write: in the background on the DB thread when an event loop runs in
+        this thread, synchronously otherwise. Never raises."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            try:
+                fn(*args)
+            except Exception as exc:
+                logger.warning("could not persist breaker state (%s): %s", fn.__name__, exc)
+            return
+        task = loop.create_task(self._write_in_background(fn, *args))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    @staticmethod
+    async def _write_in_background(fn, *args):
+        from manallm.runtime import run_db
+
+        try:
+            await run_db(fn, *args)
+        except Exception as exc:
+            logger.warning("could not persist breaker state (%s): %s", fn.__name__, exc)
+
+    async def flush(self):
+        """Wait for every pending write scheduled from this event loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            tasks = [task for task in self._pending if task.get_loop() is loop]
+            # Tasks of a loop that is gone (tests) will never run: forget them.
+            self._pending.difference_update(
+                task for task in list(self._pending) if task.get_loop() is not loop and task.get_loop().is_closed()
+            )
+            if not tasks:
+                return
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def load(self):
+        """Read every row and merge it (sync: the runtime calls it on its DB thread)."""
+        self.poll()
+
+    def poll(self):
+        """Merge rows written by other processes: a row replaces this process's copy only
+        when its ``updated_at`` is newer. Listeners hear of status changes."""
+        from .models import Breaker as Row
+
+        rows = [Breaker(**dict(zip(_FIELDS, values))) for values in Row.objects.values_list(*_FIELDS)]
+        now = self.clock()
+        transitions = []
+        with self._lock:
+            for row in rows:
+                old = self._breakers.get(row.key)
+                if old is not None and (row.updated_at <= old.updated_at or row == old):
+                    continue
+                self._breakers[row.key] = row
+                old_status = HEALTHY if old is None else old.status(now)
+                new_status = row.status(now)
+                if old_status != new_status:
+                    transitions.append(Transition(
+                        row.key, row.provider, row.model, old_status, new_status,
+                        (row.last_error or None) if new_status != HEALTHY else None, row.unhealthy_until, "db",
+                    ))
+        for transition in transitions:
+            self._emit(transition)
+
+    def clear(self):
+        """Forget the in-memory state (tests); the database is untouched."""
+        with self._lock:
+            self._breakers.clear()
+
+    # --- listeners ------------------------------------------------------------------
+
+    def add_listener(self, fn):
+        if fn not in self._listeners:
+            self._listeners.append(fn)
+
+    def remove_listener(self, fn):
+        try:
+            self._listeners.remove(fn)
+        except ValueError:
+            pass
+
+    def _emit(self, transition):
+        for fn in list(self._listeners):
+            try:
+                fn(transition)
+            except Exception:
+                logger.exception("breaker listener %r failed on %s", fn, transition)
+
+
+def log_transition(transition):
+    """One log line per breaker status change."""
+    t = transition
+    level = logging.WARNING if t.new_status == UNHEALTHY else logging.INFO
+    where = "" if t.source == "local" else " (seen in the database)"
+    detail = ""
+    if t.new_status == UNHEALTHY and t.unhealthy_until is not None:
+        detail = f" until {time.strftime('%H:%M:%S', time.gmtime(t.unhealthy_until))}Z"
+    if t.error:
+        detail += f": {t.error}"
+    logger.log(level, "breaker %s: %s -> %s%s%s", t.key, t.old_status, t.new_status, where, detail)
+
+
+def _secrets():
+    keys = [config.get("api_key") for config in settings.PROVIDERS.values()]
+    keys += [settings.MANA_LLM_ADMIN_KEY, *settings.MANA_LLM_API_KEYS]
+    return [key for key in keys if key]
+
+
+def _row_fields(state):
+    return {
+        "provider": state.provider,
+        "model": state.model,
+        "consecutive_failures": state.consecutive_failures,
+        "last_error": state.last_error,
+        "last_check": state.last_check,
+        "unhealthy_until": state.unhealthy_until,
+        "updated_at": state.updated_at,
+    }
+
+
+def _write_row(state):
+    """Upsert one breaker row, unless the database already holds a newer one (which the
+    next poll adopts). Returns whether the row was written."""
+    from django.db import IntegrityError, transaction
+
+    from .models import Breaker as Row
+
+    fields = _row_fields(state)
+    if Row.objects.filter(key=state.key, updated_at__lte=state.updated_at).update(**fields):
+        return True
+    try:
+        with transaction.atomic():
+            Row.objects.create(key=state.key, **fields)
+    except IntegrityError:
+        return False  # the row exists and is newer
+    return True
+
+
+def _reset_rows(filters, now):
+    """Close the matching rows that are not already closed (an operator reset wins)."""
+    from django.db.models import Q
+
+    from .models import Breaker as Row
+
+    return (
+        Row.objects.filter(**filters)
+        .filter(Q(consecutive_failures__gt=0) | Q(unhealthy_until__isnull=False))
+        .update(consecutive_failures=0, unhealthy_until=None, last_check=now, updated_at=now)
+    )
+
+
+breakers = BreakerBoard()
