@@ -18,7 +18,7 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py import_aliases_if_empty
-	exec $(BIN)/daphne -b 0.0.0.0 -p $(PORT) manallm.asgi:application
+	exec $(BIN)/daphne --verbosity 0 -b 0.0.0.0 -p $(PORT) manallm.asgi:application
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
