@@ -34,7 +34,7 @@ from urllib.parse import unquote_to_bytes
 import httpx
 import orjson
 
-from . import base, errors
+from . import base, errors, transport
 from .http import safe_url
 
 logger = logging.getLogger("manallm.providers")
@@ -108,9 +108,10 @@ class GoogleProvider(base.Provider):
         if not self.api_key:
             raise errors.UpstreamAuthError(f"{self.name}: no API key is configured.")
         context = ssl_context()
-        http = httpx.AsyncClient(
+        http = transport.client(
             verify=context,
-            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
             limits=LIMITS,
             follow_redirects=False,
             event_hooks={"request": [self._set_connect_timeout]},

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
-from . import errors
+from . import errors, transport
 from .base import Provider
 
 logger = logging.getLogger("manallm.providers")
@@ -125,12 +125,8 @@ class HTTPProvider(Provider):
         return headers
 
     def _new_client(self):
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
-            limits=LIMITS,
-            headers=self.default_headers(),
-            follow_redirects=False,
-        )
+        return transport.client(timeout=self.timeout, connect_timeout=self.connect_timeout, limits=LIMITS,
+                                headers=self.default_headers(), follow_redirects=False)
 
     @property
     def client(self):
