@@ -91,6 +91,11 @@ class ClientKeyMiddleware(AsyncMiddleware):
     """With MANA_LLM_API_KEY set, every /v1 call needs a client (or the admin) key."""
 
     async def __call__(self, request):
+        if hasattr(request, "auser"):
+            # A browser path: resolve the session user here, asynchronously. The lazy
+            # request.user would query the database from the event loop (the key and
+            # staff checks below and in async views read it).
+            request.user = await request.auser()
         if (
             settings.MANA_LLM_API_KEYS
             and request.path.startswith("/v1/")

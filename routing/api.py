@@ -4,7 +4,7 @@ Reads answer from the database (the source of truth for writers); writes need th
 key or a staff session and go through the same validator as the YAML import.
 """
 from django.db import transaction
-from rest_framework.authentication import SessionAuthentication
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -38,7 +38,19 @@ def invalid(exc: AliasError):
     return InvalidRequest(str(exc), param=exc.field, code="invalid_alias")
 
 
+class DjangoSessionUser(BaseAuthentication):
+    """Keep the user Django's session middleware found: with no authenticator DRF would
+    set request._request.user to None and staff sessions could never write. No CSRF
+    check here: check_write enforces it for session writes only."""
+
+    def authenticate(self, request):
+        user = getattr(request._request, "user", None)
+        return (user, None) if user is not None and user.is_authenticated else None
+
+
 class AliasListView(APIView):
+    authentication_classes = [DjangoSessionUser]
+
     def get(self, request):
         aliases = Alias.objects.prefetch_related("entries")
         default = next((alias.name for alias in aliases if alias.is_default), None)
@@ -46,6 +58,8 @@ class AliasListView(APIView):
 
 
 class AliasDetailView(APIView):
+    authentication_classes = [DjangoSessionUser]
+
     def get(self, request, name):
         return Response(alias_data(get_alias(name)))
 

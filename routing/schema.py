@@ -4,6 +4,7 @@ Only what the gateway or an adapter relies on is checked; any other field an Ope
 client sends is accepted and left for the upstream (or ignored).
 """
 import orjson
+from django.core.exceptions import RequestDataTooBig
 
 from manallm.errors import APIError, InvalidRequest
 
@@ -21,7 +22,10 @@ def parse_json(request, max_bytes):
     length = request.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > max_bytes:
         raise too_large(max_bytes)
-    body = request.body
+    try:
+        body = request.body
+    except RequestDataTooBig:  # a chunked body (no Content-Length) over the limit
+        raise too_large(max_bytes) from None
     if len(body) > max_bytes:
         raise too_large(max_bytes)
     if not body.strip():
