@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3025
+# Metrics of every gateway process on this machine are aggregated from here.
+export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/.prometheus
 
 .PHONY: run test bench fake venv clean
 
@@ -16,15 +18,16 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 run: $(STAMP)
+	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py import_aliases_if_empty
 	exec $(BIN)/daphne --verbosity 0 -b 0.0.0.0 -p $(PORT) manallm.asgi:application
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	env -u PROMETHEUS_MULTIPROC_DIR $(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	env -u PROMETHEUS_MULTIPROC_DIR $(BIN)/python bench/run.py
 
 # A fake upstream (Ollama, OpenAI-compatible clouds, Gemini) to try the gateway with no GPU.
 fake: $(STAMP)

@@ -34,9 +34,20 @@ def split(target):
 
 
 def on_breaker_transition(transition):
-    """Breaker listener: the health gauges mirror every breaker's state."""
-    healthy = 0 if transition.new_status == "unhealthy" else 1
+    """Breaker listener: the health gauges mirror every breaker (1 only when closed)."""
+    healthy = 1 if transition.new_status == "healthy" else 0
     if transition.model:
         deployment_healthy.labels(transition.provider, transition.model).set(healthy)
     else:
         provider_healthy.labels(transition.provider).set(healthy)
+
+
+def install(breakers, provider_names):
+    """Subscribe the gauges to breaker transitions and set them from the current state."""
+    breakers.remove_listener(on_breaker_transition)
+    breakers.add_listener(on_breaker_transition)
+    for name in provider_names:
+        provider_healthy.labels(name).set(1 if breakers.status(name) == "healthy" else 0)
+    for provider, entry in breakers.snapshot().items():
+        for model, state in entry.get("models", {}).items():
+            deployment_healthy.labels(provider, model).set(1 if state["status"] == "healthy" else 0)

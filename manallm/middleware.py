@@ -3,6 +3,8 @@
 Every class here is async-native: Django runs a sync-only middleware hook through a
 thread hop, and the /v1 hot path is meant to have none beyond what Django itself does.
 """
+import logging
+import time
 import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -26,6 +28,8 @@ BROWSER_STACK = [
 ]
 BROWSER_PATHS = ("/admin", "/static/", "/v1/aliases", "/v1/health/")
 
+access_log = logging.getLogger("manallm.access")
+
 
 class AsyncMiddleware:
     async_capable = True
@@ -39,17 +43,23 @@ class AsyncMiddleware:
 
 
 class RequestIDMiddleware(AsyncMiddleware):
-    """Echo X-Request-ID (or make one) and put it in every log line of the request."""
+    """Echo X-Request-ID (or make one), put it in every log line of the request, and
+    log one line per API request (what was asked, what served it, how long it took)."""
 
     async def __call__(self, request):
         request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         request.request_id = request_id
         token = request_id_var.set(request_id)
+        started = time.perf_counter()
         try:
             response = await self.get_response(request)
+            response["X-Request-ID"] = request_id
+            if request.path.startswith("/v1/") and access_log.isEnabledFor(logging.INFO):
+                access_log.info("%s %s %s %.1fms served_by=%s", request.method, request.path,
+                                response.status_code, (time.perf_counter() - started) * 1000,
+                                response.get("X-Mana-LLM-Resolved", "-"))
         finally:
             request_id_var.reset(token)
-        response["X-Request-ID"] = request_id
         return response
 
 

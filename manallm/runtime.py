@@ -52,6 +52,12 @@ async def ensure_started():
             await run_db(source.load)
         except Exception:
             logger.exception("could not load %s from the database; serving what is in memory", source)
+    from health.state import breakers
+    from providers import registry
+
+    from . import metrics
+
+    metrics.install(breakers, registry.configured())
     _state["task"] = loop.create_task(_poll_forever())
 
 
