@@ -163,7 +163,7 @@ class Router:
                 provider.release()
             if alias:
                 metrics.alias_resolved.labels(alias, entry.target).inc()
-            return Served(entry, alias, attempts, value, started, provider.release if streaming else None)
+            return Served(entry, alias, attempts, value, started, _once(provider.release) if streaming else None)
 
         raise self._exhausted(chain, attempts, breaker_skips)
 
@@ -287,7 +287,6 @@ class Router:
                     break
                 except TimeoutError:
                     error = errors.Timeout(f"{target} went silent for {settings.STREAM_IDLE_TIMEOUT:g} s mid-stream.")
-                    error.reason = "stream_stall"
                     yield self._stream_failed(served, error)
                     return
                 except errors.ProviderError as error:
@@ -335,6 +334,17 @@ class Relay:
         self._events = router._relay(served, self._started, include_usage)
         self._began = False
 
+    def __del__(self):
+        # Safety net: a response dropped before iteration (the client left between the
+        # first token and the response start) still frees its slot and its upstream.
+        if not self._began:
+            self._served.release()
+            if self._started.iterator is not None:
+                try:
+                    asyncio.get_running_loop().create_task(_close(self._started.iterator))
+                except RuntimeError:
+                    pass
+
     def __aiter__(self):
         return self
 
@@ -353,6 +363,19 @@ class Relay:
 
 
 SKIP_REASONS = frozenset({"unconfigured", "cache-unhealthy", "disabled", "saturated"})
+
+
+def _once(release):
+    """A slot release that frees the slot once, however many paths call it."""
+    done = False
+
+    def release_once():
+        nonlocal done
+        if not done:
+            done = True
+            release()
+
+    return release_once
 
 
 class _FellOver(Exception):
