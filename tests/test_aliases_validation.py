@@ -1,0 +1,279 @@
+"""Issue 2: every alias validation rule (SPEC §7), directly and through every write path.
+
+The same rule is checked through ``validate_document``/``validate_alias``, the
+``import_aliases`` command, the admin form and the /v1/aliases API; each failure must
+name the alias, the field and the reason.
+"""
+import pytest
+import yaml
+from django.core.management import CommandError, call_command
+
+from routing.models import Alias, ChainEntry
+from routing.validators import AliasError, EntrySpec, validate_alias, validate_document
+
+GOOD = "groq/llama-3.1-8b-instant"
+
+# (alias name, body, expected field, fragments of the reason)
+BAD_ALIASES = [
+    ("fast-text", {"chain": [GOOD]}, "name", ["not a valid alias name", "mana/<class>"]),
+    ("other/fast", {"chain": [GOOD]}, "name", ["not a valid alias name", "mana/<class>"]),
+    ("mana/", {"chain": [GOOD]}, "name", ["not a valid alias name", "one segment"]),
+    ("mana/a/b", {"chain": [GOOD]}, "name", ["not a valid alias name", "one segment"]),
+    ("mana/x", {"chain": []}, "chain", ["non-empty list"]),
+    ("mana/x", {"chain": GOOD}, "chain", ["non-empty list"]),
+    ("mana/x", {"chain": None}, "chain", ["non-empty list"]),
+    ("mana/x", {"description": "no chain"}, "chain", ["required"]),
+    ("mana/x", {"chain": ["qwen2.5:7b"]}, "chain[0]", ["'qwen2.5:7b'", "'provider/model'"]),
+    ("mana/x", {"chain": [GOOD, "bogus/model"]}, "chain[1]", ["unknown provider 'bogus'", "known:", "groq"]),
+    ("mana/x", {"chain": ["ollama/"]}, "chain[0]", ["empty or padded model name"]),
+    ("mana/x", {"chain": [42]}, "chain[0]", ["'provider/model' string or a mapping"]),
+    ("mana/x", {"chain": [["groq", "m"]]}, "chain[0]", ["'provider/model' string or a mapping"]),
+    ("mana/x", {"chain": [{"enabled": False}]}, "chain[0]", ["needs 'target: provider/model'"]),
+    ("mana/x", {"chain": [{"target": GOOD, "timeout": 3}]}, "chain[0]", ["unknown option(s) timeout", "allowed"]),
+    ("mana/x", {"chain": [{"target": "bogus/m"}]}, "chain[0].target", ["unknown provider 'bogus'"]),
+    ("mana/x", {"chain": [{"target": 7}]}, "chain[0].target", ["'provider/model' string"]),
+    ("mana/x", {"chain": [{"target": GOOD, "enabled": "no"}]}, "chain[0].enabled", ["true or false"]),
+    ("mana/x", {"chain": [{"target": GOOD, "enabled": 0}]}, "chain[0].enabled", ["true or false"]),
+    ("mana/x", {"chain": [{"target": GOOD, "first_token_timeout": "10"}]}, "chain[0].first_token_timeout",
+     ["positive number of seconds"]),
+    ("mana/x", {"chain": [{"target": GOOD, "first_token_timeout": 0}]}, "chain[0].first_token_timeout",
+     ["positive number of seconds"]),
+    ("mana/x", {"chain": [{"target": GOOD, "first_token_timeout": -1}]}, "chain[0].first_token_timeout",
+     ["positive number of seconds"]),
+    ("mana/x", {"chain": [{"target": GOOD, "first_token_timeout": True}]}, "chain[0].first_token_timeout",
+     ["positive number of seconds"]),
+    ("mana/x", {"chain": [GOOD], "description": 5}, "description", ["must be a string"]),
+    ("mana/x", {"chain": [GOOD], "colour": "red"}, "colour", ["unknown field(s) colour"]),
+    ("mana/x", [GOOD], "body", ["must be a mapping"]),
+    ("mana/x", GOOD, "body", ["must be a mapping"]),
+]
+IDS = [f"{name}-{field}-{i}" for i, (name, _, field, _) in enumerate(BAD_ALIASES)]
+
+
+def assert_names(message, *, alias, field, reasons):
+    if alias:
+        assert repr(alias) in message, message
+    assert field in message, message
+    for reason in reasons:
+        assert reason in message, message
+
+
+# --- the validator ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,body,field,reasons", BAD_ALIASES, ids=IDS)
+def test_validate_alias_rejects(name, body, field, reasons):
+    with pytest.raises(AliasError) as caught:
+        validate_alias(name, body)
+    error = caught.value
+    assert error.field == field
+    assert error.alias == name
+    assert_names(str(error), alias=name, field=field, reasons=reasons)
+
+
+@pytest.mark.parametrize("name,body,field,reasons", BAD_ALIASES, ids=IDS)
+def test_validate_document_rejects_same_rules(name, body, field, reasons):
+    document = {"aliases": {"mana/ok": {"chain": [GOOD]}, name: body}, "default": "mana/ok"}
+    with pytest.raises(AliasError) as caught:
+        validate_document(document)
+    assert caught.value.field == field
+    assert_names(str(caught.value), alias=name, field=field, reasons=reasons)
+
+
+def test_validate_alias_normalises():
+    spec = validate_alias("mana/fast-text", {"description": None, "chain": [
+        "ollama/qwen2.5:7b",
+        "openrouter/anthropic/claude-3-haiku",
+        {"target": GOOD, "enabled": False, "first_token_timeout": 10},
+        {"target": "openai/gpt-4o-mini"},
+    ]})
+    assert spec.description == ""
+    assert spec.chain == (
+        EntrySpec("ollama/qwen2.5:7b"),
+        EntrySpec("openrouter/anthropic/claude-3-haiku"),
+        EntrySpec(GOOD, False, 10.0),
+        EntrySpec("openai/gpt-4o-mini"),
+    )
+    # A mapping with no options is written back in the short string form.
+    assert spec.to_data()["chain"] == ["ollama/qwen2.5:7b", "openrouter/anthropic/claude-3-haiku",
+                                       {"target": GOOD, "enabled": False, "first_token_timeout": 10.0},
+                                       "openai/gpt-4o-mini"]
+
+
+@pytest.mark.parametrize("data,field,reason", [
+    ([{"mana/x": {"chain": [GOOD]}}], "root", "must be a mapping"),
+    ("just a string", "root", "must be a mapping"),
+    (42, "root", "must be a mapping"),
+    (None, "root", "must be a mapping"),
+    ({"aliases": {"mana/x": {"chain": [GOOD]}}, "extra": 1}, "root", "unknown top-level key(s) extra"),
+    ({"aliases": {}}, "aliases", "non-empty mapping"),
+    ({"aliases": [{"mana/x": {"chain": [GOOD]}}]}, "aliases", "non-empty mapping"),
+    ({"default": "mana/x"}, "aliases", "non-empty mapping"),
+    ({"aliases": {"mana/x": {"chain": [GOOD]}}, "default": "mana/missing"}, "default",
+     "'mana/missing' is not an alias defined"),
+    ({"aliases": {"mana/x": {"chain": [GOOD]}}, "default": "x"}, "default", "'x' is not an alias defined"),
+])
+def test_validate_document_structure(data, field, reason):
+    with pytest.raises(AliasError) as caught:
+        validate_document(data)
+    assert caught.value.field == field
+    assert field in str(caught.value) and reason in str(caught.value)
+
+
+def test_validate_document_accepts_shipped_file():
+    from django.conf import settings
+
+    with open(settings.BASE_DIR / "aliases.yaml") as stream:
+        document = validate_document(yaml.safe_load(stream))
+    assert document.default == "mana/fast-text"
+    assert set(document.aliases) == {"mana/fast-text", "mana/long-form", "mana/structured",
+                                     "mana/reasoning", "mana/vision"}
+    from django.conf import settings as s
+    cloud = set(s.PROVIDER_NAMES) - {"ollama"}
+    for spec in document.aliases.values():
+        assert spec.chain[-1].target.partition("/")[0] in cloud
+
+
+# --- the YAML import --------------------------------------------------------------------
+
+
+def write_yaml(path, data):
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name,body,field,reasons", BAD_ALIASES, ids=IDS)
+def test_import_rejects(tmp_path, name, body, field, reasons):
+    path = write_yaml(tmp_path / "a.yaml", {"aliases": {"mana/first": {"chain": [GOOD]}, name: body}})
+    with pytest.raises(CommandError) as caught:
+        call_command("import_aliases", path, stdout=None)
+    message = str(caught.value)
+    assert path in message and "nothing was written" in message
+    assert_names(message, alias=name, field=field, reasons=reasons)
+    assert not Alias.objects.exists()  # the valid first alias was not created either
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("text,reason", [
+    ("- mana/x\n- mana/y\n", "root: the file must be a mapping"),
+    ("just a scalar\n", "root: the file must be a mapping"),
+    ("", "root: the file must be a mapping"),
+    ("aliases: [\n", "is not valid YAML"),
+    ("aliases:\n  mana/x:\n    chain: [groq/m]\ndefault: mana/y\n", "default: 'mana/y' is not an alias defined"),
+])
+def test_import_rejects_documents(tmp_path, text, reason):
+    path = write_yaml(tmp_path / "a.yaml", text)
+    with pytest.raises(CommandError, match="nothing was written") as caught:
+        call_command("import_aliases", path)
+    assert reason in str(caught.value)
+    assert not Alias.objects.exists()
+
+
+@pytest.mark.django_db
+def test_import_missing_file(tmp_path):
+    with pytest.raises(CommandError, match="cannot read"):
+        call_command("import_aliases", str(tmp_path / "absent.yaml"))
+
+
+# --- the admin form ---------------------------------------------------------------------
+
+
+def admin_post(client, url, name, rows, *, is_default=False, initial=0):
+    data = {"name": name, "description": "", "entries-TOTAL_FORMS": str(len(rows)),
+            "entries-INITIAL_FORMS": str(initial), "entries-MIN_NUM_FORMS": "0", "entries-MAX_NUM_FORMS": "1000"}
+    if is_default:
+        data["is_default"] = "on"
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            if value is True:
+                value = "on"
+            if value is False or value is None:
+                continue
+            data[f"entries-{i}-{key}"] = str(value)
+    return client.post(url, data)
+
+
+@pytest.fixture
+def admin_client_(client, django_user_model):
+    user = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def form_errors(response):
+    """Every error message the admin rendered, as text."""
+    from django.utils.html import strip_tags
+
+    assert response.status_code == 200, response.status_code  # re-rendered form, not a redirect
+    context = response.context
+    texts = [str(e) for e in context["errors"]]
+    for formset in context["inline_admin_formsets"]:
+        texts += [str(e) for e in formset.formset.non_form_errors()]
+        for form in formset.formset.forms:
+            for field, errors in form.errors.items():
+                texts += [f"{field}: {e}" for e in errors]
+    assert texts, strip_tags(response.content.decode())[:2000]
+    return " | ".join(texts)
+
+
+ADMIN_CASES = [
+    ("mana/a/b", [{"position": 0, "target": GOOD, "enabled": True}], ["not a valid alias name"]),
+    ("fast", [{"position": 0, "target": GOOD, "enabled": True}], ["not a valid alias name"]),
+    ("mana/x", [], ["'mana/x'", "chain", "non-empty list"]),
+    ("mana/x", [{"position": 0, "target": "bogus/m", "enabled": True}], ["target", "unknown provider 'bogus'"]),
+    ("mana/x", [{"position": 0, "target": "nomodel", "enabled": True}], ["target", "'provider/model'"]),
+    ("mana/x", [{"position": 0, "target": GOOD, "enabled": True, "first_token_timeout": -2}],
+     ["first_token_timeout", "positive number of seconds"]),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name,rows,reasons", ADMIN_CASES)
+def test_admin_form_rejects(admin_client_, name, rows, reasons):
+    response = admin_post(admin_client_, "/admin/routing/alias/add/", name, rows)
+    errors = form_errors(response)
+    for reason in reasons:
+        assert reason in errors, errors
+    assert not Alias.objects.exists() and not ChainEntry.objects.exists()
+
+
+@pytest.mark.django_db
+def test_admin_form_rejects_emptying_an_existing_chain(admin_client_):
+    alias = Alias.objects.create(name="mana/x")
+    entry = ChainEntry.objects.create(alias=alias, position=0, target=GOOD)
+    response = admin_post(admin_client_, f"/admin/routing/alias/{alias.pk}/change/", "mana/x",
+                          [{"id": entry.pk, "alias": alias.pk, "position": 0, "target": GOOD, "enabled": True,
+                            "DELETE": True}], initial=1)
+    errors = form_errors(response)
+    assert "alias 'mana/x' chain: must be a non-empty list" in errors
+    assert list(alias.entries.values_list("target", flat=True)) == [GOOD]
+
+
+# --- the API ----------------------------------------------------------------------------
+
+
+API_CASES = [(case, id_) for case, id_ in zip(BAD_ALIASES, IDS) if case[2] != "body"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name,body,field,reasons", [c for c, _ in API_CASES], ids=[i for _, i in API_CASES])
+def test_api_put_rejects(client, name, body, field, reasons):
+    response = client.put(f"/v1/aliases/{name}", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == field
+    assert_names(error["message"], alias=name, field=field, reasons=reasons)
+    assert not Alias.objects.exists()
+
+
+@pytest.mark.django_db
+def test_api_put_rejects_body_shapes(client):
+    response = client.put("/v1/aliases/mana/x", [GOOD], content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "body"
+    response = client.put("/v1/aliases/mana/x", "{not json", content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+    response = client.put("/v1/aliases/mana/x", {"chain": [GOOD], "default": "yes"}, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "default"
+    assert not Alias.objects.exists()
