@@ -136,6 +136,24 @@ def embedding_inputs(body):
     return items
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+
+
+def sampling(body):
+    """The OpenAI sampling fields that are set, with ``max_tokens`` (or the newer
+    ``max_completion_tokens``) and ``stop`` as a list: for adapters that translate."""
+    options = {key: body[key] for key in SAMPLING_FIELDS if body.get(key) is not None}
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        options["max_tokens"] = max_tokens
+    stop = body.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    return options
+
+
 def has_content(chunk):
     """True when a chunk carries what counts as the first token: text or a tool call."""
     for choice in chunk.get("choices") or ():

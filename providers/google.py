@@ -243,20 +243,12 @@ class GoogleProvider(base.Provider):
         config = {"automatic_function_calling": types.AutomaticFunctionCallingConfig(disable=True)}
         if system:
             config["system_instruction"] = system
-        for key, target in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
-                            ("presence_penalty", "presence_penalty"), ("frequency_penalty", "frequency_penalty")):
-            if body.get(key) is not None:
-                config[target] = body[key]
-        max_tokens = body.get("max_completion_tokens")
-        if max_tokens is None:
-            max_tokens = body.get("max_tokens")
-        if max_tokens is not None:
-            config["max_output_tokens"] = max_tokens
-        stop = body.get("stop")
-        if isinstance(stop, str):
-            stop = [stop]
-        if stop:
-            config["stop_sequences"] = list(stop)
+        options = base.sampling(body)
+        if "max_tokens" in options:
+            options["max_output_tokens"] = options.pop("max_tokens")
+        if "stop" in options:
+            options["stop_sequences"] = options.pop("stop")
+        config.update(options)
 
         response_format = body.get("response_format")
         if isinstance(response_format, dict):

@@ -149,18 +149,9 @@ def translate_request(model, body, *, stream, name="ollama"):
         elif kind == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema")
             payload["format"] = schema if isinstance(schema, dict) else "json"
-    options = {}
-    for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
-        if body.get(key) is not None:
-            options[key] = body[key]
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    if max_tokens is not None:
-        options["num_predict"] = max_tokens
-    stop = body.get("stop")
-    if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    options = base.sampling(body)
+    if "max_tokens" in options:
+        options["num_predict"] = options.pop("max_tokens")
     if options:
         payload["options"] = options
     return payload
