@@ -185,7 +185,7 @@ class Router:
                 error = errors.FirstTokenTimeout(f"{entry.target} gave no first token within {timeout:g} s.")
             except errors.ProviderError as exc:
                 error = exc
-            except Exception as exc:
+            except Exception:
                 # An unknown failure is a bug somewhere, not an outage: never fall over on it.
                 logger.exception("unexpected error from %s", entry.target)
                 metrics.llm_errors.labels(entry.provider, entry.model, "unexpected").inc()

@@ -2,8 +2,8 @@
 import pytest
 
 from health.breakers import HALF_OPEN, HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
+from tests.clock import T0
 
-T0 = 1_000_000.0
 THRESHOLD, BACKOFF = 2, 60.0
 
 

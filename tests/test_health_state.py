@@ -8,19 +8,7 @@ from health.breakers import Breaker
 from health.models import Breaker as Row
 from health.state import BreakerBoard, Transition
 from manallm.runtime import run_db
-
-T0 = 1_000_000.0
-
-
-class FakeClock:
-    def __init__(self, now=T0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
+from tests.clock import T0, FakeClock
 
 
 @pytest.fixture

@@ -9,20 +9,9 @@ from health.models import Breaker as Row
 from health.state import breakers
 from manallm import runtime
 from providers import registry
+from tests.clock import T0, FakeClock
 
-T0 = 1_000_000.0
 FIELDS = {"status", "consecutive_failures", "last_error", "last_check_unix", "unhealthy_until_unix"}
-
-
-class FakeClock:
-    def __init__(self, now=T0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
 
 
 @pytest.fixture

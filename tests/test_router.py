@@ -19,25 +19,14 @@ from providers.ollama import OllamaProvider
 from providers.openai_compat import OpenAICompatProvider
 from routing.registry import AliasRegistry, AliasView, Entry, Snapshot
 from routing.router import NoHealthyProvider, Router
+from tests.clock import FakeClock
 
-T0 = 1_000_000.0
 OLLAMA, GROQ = Entry("ollama", "m1"), Entry("groq", "m2")
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
 LONG_TEXT = " ".join(f"word{i}" for i in range(40))
 
 
 # --- harness ----------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self, now=T0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
 
 
 class MemoryBoard(BreakerBoard):
@@ -99,7 +88,7 @@ def unused_port():
 class Env:
     def __init__(self, fake):
         self.fake = fake
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.board = MemoryBoard(self.clock)
         self.sleeps = []
         self.adapters = {}
