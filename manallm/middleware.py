@@ -49,17 +49,17 @@ class RequestIDMiddleware(AsyncMiddleware):
     async def __call__(self, request):
         request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         request.request_id = request_id
-        token = request_id_var.set(request_id)
+        # Not reset on the way out: Django's ASGI handler serves each request in a task of
+        # its own (its own copy of the context), and what is logged after this returns — a
+        # streamed body's failure, django.request's 5xx line — belongs to this request too.
+        request_id_var.set(request_id)
         started = time.perf_counter()
-        try:
-            response = await self.get_response(request)
-            response["X-Request-ID"] = request_id
-            if request.path.startswith("/v1/") and access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s %s %.1fms served_by=%s", request.method, request.path,
-                                response.status_code, (time.perf_counter() - started) * 1000,
-                                response.get("X-Mana-LLM-Resolved", "-"))
-        finally:
-            request_id_var.reset(token)
+        response = await self.get_response(request)
+        response["X-Request-ID"] = request_id
+        if request.path.startswith("/v1/") and access_log.isEnabledFor(logging.INFO):
+            access_log.info("%s %s %s %.1fms served_by=%s", request.method, request.path,
+                            response.status_code, (time.perf_counter() - started) * 1000,
+                            response.get("X-Mana-LLM-Resolved", "-"))
         return response
 
 

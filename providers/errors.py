@@ -149,6 +149,8 @@ class UpstreamRequestError(ProviderError):
 
     def __init__(self, message, *, upstream_status=400, **kwargs):
         kwargs.setdefault("status", upstream_status if 400 <= upstream_status < 500 else 400)
+        if upstream_status == 404:  # SPEC §5: an unknown model is 404 model_not_found
+            kwargs.setdefault("type", "model_not_found")
         super().__init__(message, **kwargs)
         self.upstream_status = upstream_status
         self.reason = f"http_{upstream_status}"
