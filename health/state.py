@@ -203,10 +203,14 @@ class BreakerBoard:
         except RuntimeError:
             loop = None
         if loop is None:
+            from manallm.runtime import announce_from_sync
+
             try:
                 fn(*args)
             except Exception as exc:
                 logger.warning("could not persist breaker state (%s): %s", fn.__name__, exc)
+                return
+            announce_from_sync()
             return
         task = loop.create_task(self._write_in_background(fn, *args))
         self._pending.add(task)
@@ -214,12 +218,14 @@ class BreakerBoard:
 
     @staticmethod
     async def _write_in_background(fn, *args):
-        from manallm.runtime import run_db
+        from manallm.runtime import announce, run_db
 
         try:
             await run_db(fn, *args)
         except Exception as exc:
             logger.warning("could not persist breaker state (%s): %s", fn.__name__, exc)
+            return
+        await announce()
 
     async def flush(self):
         """Wait for every pending write scheduled from this event loop."""

@@ -5,6 +5,10 @@ live in memory. One background task per process re-reads what other processes wr
 (every STATE_POLL_INTERVAL), and every database call made off the request path goes
 through one dedicated thread, so it neither blocks the event loop nor competes with
 Django's own sync thread.
+
+With REDIS_URL set, a process that commits a change also announces it over the channel
+layer, and every process re-reads at once instead of at its next tick. The poll stays
+the guarantee: an announcement lost to a Redis outage only costs a tick.
 """
 import asyncio
 import logging
@@ -16,7 +20,10 @@ from django.db import close_old_connections, connection
 logger = logging.getLogger("manallm.runtime")
 
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manallm-db")
-_state = {"loop": None, "task": None}
+_state = {"loop": None, "task": None, "listener": None}
+STATE_GROUP = "manallm.state"
+# channels_redis forgets group members after a day; rejoin well before that.
+REJOIN_SECONDS = 600
 
 
 async def run_db(fn, *args, **kwargs):
@@ -59,6 +66,8 @@ async def ensure_started():
 
     metrics.install(breakers, registry.configured())
     _state["task"] = loop.create_task(_poll_forever())
+    if settings.REDIS_URL:
+        _state["listener"] = loop.create_task(_listen_forever())
 
 
 async def _poll_forever():
@@ -75,11 +84,55 @@ async def poll_once():
             logger.warning("could not refresh %s from the database: %s", source, exc)
 
 
+async def _listen_forever():
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    channel = None
+    while True:
+        try:
+            if channel is None:
+                channel = await layer.new_channel()
+            await layer.group_add(STATE_GROUP, channel)
+            try:
+                async with asyncio.timeout(REJOIN_SECONDS):
+                    while True:
+                        await layer.receive(channel)
+                        await poll_once()
+            except TimeoutError:
+                continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("channel layer unavailable (%s); relying on polling", exc)
+            await asyncio.sleep(settings.STATE_POLL_INTERVAL * 4)
+
+
+async def announce():
+    """Tell every process that shared state changed (no-op without REDIS_URL)."""
+    if not settings.REDIS_URL:
+        return
+    from channels.layers import get_channel_layer
+
+    try:
+        await get_channel_layer().group_send(STATE_GROUP, {"type": "state.changed"})
+    except Exception as exc:
+        logger.warning("could not announce a state change over the channel layer: %s", exc)
+
+
+def announce_from_sync():
+    """``announce`` for sync code (an on_commit hook, a management command)."""
+    if settings.REDIS_URL:
+        from asgiref.sync import async_to_sync
+
+        async_to_sync(announce)()
+
+
 def stop():
-    task = _state["task"]
-    if task is not None:
-        task.cancel()
-    _state.update(loop=None, task=None)
+    for name in ("task", "listener"):
+        if _state[name] is not None:
+            _state[name].cancel()
+    _state.update(loop=None, task=None, listener=None)
 
 
 def reload_aliases_file():

@@ -17,7 +17,10 @@ def alias_changed(**kwargs):
 
 def _refresh_registry():
     # The writing process serves its own change on the next request; the others pick
-    # it up from the revision within STATE_POLL_INTERVAL.
+    # it up from the revision within STATE_POLL_INTERVAL, or at once when announced.
+    from manallm import runtime
+
     from .registry import registry
 
     registry.invalidate()
+    runtime.announce_from_sync()

@@ -1,0 +1,75 @@
+"""With REDIS_URL, a change committed in one process reaches the others at once.
+
+Both gateways poll only every 30 s here, so anything seen within a second came over
+the channel layer. Needs a redis-server binary (.ci/run installs one when it can).
+"""
+import shutil
+import subprocess
+
+import httpx
+import pytest
+
+from tests.server import free_port, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        assert wait_for(lambda: _redis_up(port), timeout=10), "redis-server did not start"
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _redis_up(port):
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pair(make_server, tmp_path, redis_url, fake):
+    database = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    env = {"REDIS_URL": redis_url, "STATE_POLL_INTERVAL": "30", "RETRIES": "0"}
+    a = make_server(env=env, database=database, name="a")
+    b = make_server(env=env, database=database, name="b", prepare=False)
+    return a, b
+
+
+def test_an_alias_saved_in_one_process_is_served_by_the_other_at_once(pair):
+    a, b = pair
+    body = {"description": "pushed", "chain": ["groq/pushed-model"]}
+    assert httpx.put(f"{a.url}/v1/aliases/mana/pushed", json=body).status_code == 201
+
+    def served_by_b():
+        reply = httpx.post(f"{b.url}/v1/chat/completions",
+                           json={"model": "mana/pushed", "messages": [{"role": "user", "content": "hi"}]})
+        return reply.status_code == 200 and reply.json()["model"] == "groq/pushed-model"
+
+    assert wait_for(served_by_b, timeout=1.0)
+
+
+def test_a_breaker_tripped_in_one_process_is_seen_by_the_other_at_once(pair, fake):
+    a, b = pair
+    fake.fault("groq", "tripped", status=500)
+    for _ in range(2):  # BREAKER_FAILURE_THRESHOLD
+        httpx.post(f"{a.url}/v1/chat/completions",
+                   json={"model": "groq/tripped", "messages": [{"role": "user", "content": "hi"}]})
+
+    def open_in_b():
+        models = httpx.get(f"{b.url}/v1/health").json()["providers"]["groq"]["models"]
+        return models.get("tripped", {}).get("status") == "unhealthy"
+
+    assert wait_for(open_in_b, timeout=1.0)
