@@ -180,8 +180,9 @@ def main():
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         subprocess.run([sys.executable, "manage.py", "import_aliases", "-v0"], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL)
-        gateway_process = start([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(gateway_port),
-                                 "manallm.asgi:application"], env, f"http://127.0.0.1:{gateway_port}/health", logs)
+        daphne = [sys.executable, "-m", "daphne", "--verbosity", "0", "-b", "127.0.0.1", "-p", str(gateway_port),
+                  "manallm.asgi:application"]
+        gateway_process = start(daphne, env, f"http://127.0.0.1:{gateway_port}/health", logs)
         processes.append(gateway_process)
         direct = f"{fake}/openai/v1/chat/completions"
         gateway = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"

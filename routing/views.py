@@ -26,7 +26,7 @@ def api_view(*methods):
         async def wrapper(request, *args, **kwargs):
             if request.method not in methods:
                 return MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use "
-                                        f"{' or '.join(methods)}.").response()
+                                        f"{' or '.join(methods)}.", headers={"Allow": ", ".join(methods)}).response()
             try:
                 await runtime.ensure_started()
                 return await view(request, *args, **kwargs)
