@@ -81,6 +81,9 @@ def plan(document, *, prune=False):
             result.unchanged.append(name)
     if prune:
         result.deleted = sorted(set(existing) - set(document.aliases))
+        if default in result.deleted and document.default is None:
+            raise AliasError(f"--prune would delete the default alias {default!r}: name a default "
+                             "defined in this file", field="default")
     return result
 
 

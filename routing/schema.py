@@ -49,21 +49,32 @@ def _fail(param, message):
     raise InvalidRequest(f"{message} ({param})", param=param, code="invalid_value")
 
 
-def _check_type(body, name, types, label):
+def _check_type(body, name, types, label, param=None):
     value = body.get(name)
     if value is None:
         return None
     # bool is an int in Python, but `true` is not a number in JSON.
     is_bool_where_not_wanted = isinstance(value, bool) and types is not bool
     if is_bool_where_not_wanted or not isinstance(value, types):
-        _fail(name, f"'{name}' must be {label}")
+        _fail(param or name, f"'{param or name}' must be {label}")
     return value
 
 
+MAX_MODEL_CHARS = 256
+
+
 def check_model(body):
+    # The name ends up in a response header, metric labels and breaker keys: it must be
+    # printable and of a sane length, or it would break those after the upstream answered.
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
+    if model is None:
+        return
+    if not isinstance(model, str):
         _fail("model", "'model' must be a string")
+    if len(model) > MAX_MODEL_CHARS:
+        _fail("model", f"'model' is longer than {MAX_MODEL_CHARS} characters")
+    if not model.isprintable() or model != model.strip():
+        _fail("model", "'model' must not contain control characters or surrounding whitespace")
 
 
 def validate_chat(body):
@@ -93,7 +104,9 @@ def validate_chat(body):
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict) or not isinstance((tool.get("function") or {}).get("name"), str):
                 _fail(f"tools[{i}]", "each tool must be {'type': 'function', 'function': {'name': ...}}")
-    _check_type(body, "stream_options", dict, "an object")
+    stream_options = _check_type(body, "stream_options", dict, "an object")
+    if stream_options is not None:
+        _check_type(stream_options, "include_usage", bool, "true or false", "stream_options.include_usage")
     response_format = _check_type(body, "response_format", dict, "an object")
     if response_format is not None:
         kind = response_format.get("type")

@@ -46,8 +46,12 @@ async def chat_completions(request):
     body = schema.validate_chat(schema.parse_json(request, settings.MAX_REQUEST_BYTES))
     if body.get("stream"):
         served = await router.chat_stream(body)
-        response = StreamingHttpResponse(sse(served.value), content_type="text/event-stream",
-                                         headers=served.headers())
+        try:
+            response = StreamingHttpResponse(sse(served.value), content_type="text/event-stream",
+                                             headers=served.headers())
+        except BaseException:
+            await served.value.aclose()  # frees the slot and the upstream
+            raise
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response

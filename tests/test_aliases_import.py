@@ -115,6 +115,19 @@ def test_prune(tmp_path, client):
 
 
 @pytest.mark.django_db
+def test_prune_never_leaves_the_gateway_without_a_default(tmp_path):
+    run(write(tmp_path / "a.yaml", DOC))
+    before = db_state()
+    lone = {"aliases": {"mana/only": {"chain": ["ollama/qwen2.5:7b"]}}}  # no default: key
+    with pytest.raises(CommandError, match="default"):
+        run(write(tmp_path / "b.yaml", lone), "--prune")
+    assert db_state() == before
+    out = run(write(tmp_path / "c.yaml", {**lone, "default": "mana/only"}), "--prune")
+    assert "default mana/fast-text -> mana/only" in out
+    assert set(db_state()) == {"mana/only"}
+
+
+@pytest.mark.django_db
 def test_invalid_file_changes_nothing(tmp_path):
     run(write(tmp_path / "a.yaml", DOC))
     before = db_state()

@@ -514,6 +514,13 @@ def test_non_utf8_body_says_so(http, fake):
     (chat(response_format={"type": "xml"}), "response_format.type"),
     (chat(stream_options="usage"), "stream_options"),
     (chat(model=7), "model"),
+    # A model name reaches a header, metric labels and breaker keys: no control characters, sane length.
+    (chat(model="gemma3:4b\n"), "model"),
+    (chat(model="ollama/foo\r\nX-Evil: 1"), "model"),
+    (chat(model="ollama/a\u0000b"), "model"),
+    (chat(model="ollama/" + "y" * 300), "model"),
+    (chat(stream=True, model="qwen2.5:7b\n"), "model"),
+    (chat(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage"),
     ({"model": "mana/fast-text", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
     ({"model": "mana/fast-text", "messages": [{"role": "user"}]}, "messages[0].content"),
     ({"model": "mana/fast-text", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
