@@ -54,6 +54,7 @@ class BreakerBoard:
         self._lock = threading.Lock()
         self._listeners = []
         self._pending = set()
+        self._trials = {}  # key -> until when this process's half-open trial call holds it
         if log_transitions:
             self.add_listener(log_transition)
 
@@ -73,17 +74,28 @@ class BreakerBoard:
     def skip_reason(self, provider, model):
         """``"cache-unhealthy"`` when the provider's or the deployment's breaker is open, else None.
 
-        Half-open lets the call through (its result closes or re-opens the breaker).
+        Half-open lets one call through, the trial, whose recorded result closes or
+        re-opens the breaker; until then (or until the trial's lease of
+        FIRST_TOKEN_TIMEOUT runs out, for a call that never reports) the others skip it.
         """
         now = self.clock()
-        breaker = self._breakers.get(provider)
-        if breaker is not None and breaker.unhealthy_until is not None and now < breaker.unhealthy_until:
-            return SKIP_REASON
-        if model:
-            breaker = self._breakers.get(f"{provider}/{model}")
-            if breaker is not None and breaker.unhealthy_until is not None and now < breaker.unhealthy_until:
+        keys = (provider, f"{provider}/{model}") if model else (provider,)
+        half_open = []
+        for key in keys:
+            breaker = self._breakers.get(key)
+            if breaker is None or breaker.unhealthy_until is None:
+                continue
+            if now < breaker.unhealthy_until or self._trials.get(key, 0) > now:
                 return SKIP_REASON
+            half_open.append(key)
+        for key in half_open:
+            self._trials[key] = now + settings.FIRST_TOKEN_TIMEOUT
         return None
+
+    def _end_trials(self, provider, model):
+        self._trials.pop(provider, None)
+        if model:
+            self._trials.pop(f"{provider}/{model}", None)
 
     def retry_after(self, entries):
         """Seconds until the first of these (provider, model) entries half-opens, or None.
@@ -133,6 +145,7 @@ class BreakerBoard:
         provider's. ``model=""`` closes the provider breaker only (the prober). ``touch``
         persists ``last_check`` even when nothing else changed (the prober's checks)."""
         now = self.clock()
+        self._end_trials(provider, model)
         keys = [(provider, model), (provider, "")] if model else [(provider, "")]
         for p, m in keys:
             current = self._breakers.get(breaker_key(p, m))
@@ -143,7 +156,8 @@ class BreakerBoard:
     def record_failure(self, provider, model, level, error_text):
         """A failed attempt. ``level`` is ProviderError.breaker: ``"provider"`` counts
         against the provider's breaker, ``"deployment"`` against ``provider/model``,
-        None against none."""
+        None against none (it still ends a half-open trial: the call has an answer)."""
+        self._end_trials(provider, model)
         if level not in ("provider", "deployment"):
             return
         if level == "provider" or not model:

@@ -199,6 +199,8 @@ class Router:
                 self._refuse(entry, attempts, error, recorded=True)
             if error.action == errors.FALLOVER or retry == settings.RETRIES:
                 raise _FellOver(error.reason)
+            if self.breakers.skip_reason(entry.provider, entry.model):
+                raise _FellOver(error.reason)  # these attempts tripped its breaker: stop asking it
             delay = self._retry_delay(error, retry)
             if delay is None:
                 raise _FellOver(error.reason)
@@ -216,8 +218,7 @@ class Router:
 
     def _record_failure(self, entry, error):
         metrics.llm_errors.labels(entry.provider, entry.model, error.reason).inc()
-        if error.breaker:
-            self.breakers.record_failure(entry.provider, entry.model, error.breaker, f"{error.reason}: {error.message}"[:300])
+        self.breakers.record_failure(entry.provider, entry.model, error.breaker, f"{error.reason}: {error.message}"[:300])
 
     def _refuse(self, entry, attempts, error, *, recorded=False):
         """Propagate: the client gets this error now, with the chain walked so far."""

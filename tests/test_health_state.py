@@ -395,3 +395,42 @@ def test_secrets_never_reach_last_error(board, settings, monkeypatch):
     settings.PROVIDERS = {**settings.PROVIDERS, "groq": {"kind": "openai", "api_key": "gsk-live-secret-value"}}
     board.record_failure("groq", "m", "deployment", "401 for key gsk-live-secret-value")
     assert "gsk-live-secret-value" not in board.get("groq", "m").last_error
+
+
+def test_half_open_lets_one_trial_call_through(board, clock, settings):
+    settings.FIRST_TOKEN_TIMEOUT = 30
+    for _ in range(2):
+        board.record_failure("groq", "m", "deployment", "http_500")
+    clock.advance(61)
+    assert board.status("groq", "m") == "half_open"
+    assert board.skip_reason("groq", "m") is None  # the trial
+    assert board.skip_reason("groq", "m") == "cache-unhealthy"  # everyone else waits for its result
+    assert board.skip_reason("groq", "other") is None  # other deployments are not held
+    board.record_failure("groq", "m", "deployment", "http_500")  # the trial failed: open for a full window
+    assert board.skip_reason("groq", "m") == "cache-unhealthy"
+    clock.advance(61)
+    assert board.skip_reason("groq", "m") is None  # the next trial
+    board.record_success("groq", "m")
+    assert board.status("groq", "m") == "healthy"
+    assert board.skip_reason("groq", "m") is None and board.skip_reason("groq", "m") is None
+
+
+def test_a_trial_that_never_reports_gives_way_after_its_lease(board, clock, settings):
+    settings.FIRST_TOKEN_TIMEOUT = 30
+    for _ in range(2):
+        board.record_failure("groq", "m", "deployment", "http_500")
+    clock.advance(61)
+    assert board.skip_reason("groq", "m") is None  # a trial whose client went away
+    clock.advance(29)
+    assert board.skip_reason("groq", "m") == "cache-unhealthy"
+    clock.advance(2)
+    assert board.skip_reason("groq", "m") is None  # the lease ran out: a new trial
+
+
+def test_an_answer_that_counts_against_no_breaker_still_ends_the_trial(board, clock):
+    for _ in range(2):
+        board.record_failure("groq", "m", "deployment", "http_500")
+    clock.advance(61)
+    assert board.skip_reason("groq", "m") is None
+    board.record_failure("groq", "m", None, "context_length_exceeded")
+    assert board.skip_reason("groq", "m") is None

@@ -211,6 +211,7 @@ async def test_retry_once_on_500_then_success(env):
 
 async def test_backoff_doubles_and_uses_jitter(env, settings):
     settings.RETRIES = 2
+    settings.BREAKER_FAILURE_THRESHOLD = 5  # keep the breaker out of the way
     env.fake.fault("ollama", "m1", status=503)
     router = env.router()
     router.jitter = lambda a, b: (a, b) == (0.75, 1.25) and 1.2
@@ -218,6 +219,16 @@ async def test_backoff_doubles_and_uses_jitter(env, settings):
     assert served.entry == GROQ and attempts(served) == [("ollama/m1", "http_503")]
     assert env.sleeps == pytest.approx([0.6, 1.2])
     assert env.requests("ollama/m1") == 3  # RETRIES + 1
+
+
+async def test_retries_stop_once_the_entry_trips_its_own_breaker(env, settings):
+    settings.RETRIES = 3
+    settings.BREAKER_FAILURE_THRESHOLD = 2
+    env.fake.fault("ollama", "m1", status=503)
+    served = await env.router().chat(chat_body())
+    assert served.entry == GROQ and attempts(served) == [("ollama/m1", "http_503")]
+    assert env.requests("ollama/m1") == 2  # the second failure opened it: no third ask
+    assert env.sleeps == [0.5]
 
 
 async def test_persistent_5xx_falls_over_after_retries(env):
