@@ -101,6 +101,12 @@ class GoogleProvider(base.Provider):
         timeout["connect"] = self.connect_timeout
         request.extensions["timeout"] = timeout
 
+    async def _skip_malformed_events(self, response):
+        # SPEC §6: a malformed upstream event is skipped and logged. The SDK raises on
+        # one and cannot go on, so unparsable events are dropped before it reads them.
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.stream = WellFormedEvents(response.stream, self.name)
+
     def _new_client(self):
         from google import genai
         from google.genai import types
@@ -114,7 +120,7 @@ class GoogleProvider(base.Provider):
             connect_timeout=self.connect_timeout,
             limits=LIMITS,
             follow_redirects=False,
-            event_hooks={"request": [self._set_connect_timeout]},
+            event_hooks={"request": [self._set_connect_timeout], "response": [self._skip_malformed_events]},
         )
         options = types.HttpOptions(
             api_version=API_VERSION,
@@ -730,3 +736,39 @@ def _retry_delay(error):
 def _response_id(response):
     response_id = getattr(response, "response_id", None)
     return f"chatcmpl-{response_id}" if response_id else None
+
+
+EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+class WellFormedEvents(httpx.AsyncByteStream):
+    """An SSE body with the events whose data is not JSON left out (and logged)."""
+
+    def __init__(self, inner, name):
+        self.inner = inner
+        self.name = name
+
+    async def __aiter__(self):
+        buffer = b""
+        async for chunk in self.inner:
+            buffer += chunk
+            while (end := EVENT_END.search(buffer)) is not None:
+                event, buffer = buffer[:end.end()], buffer[end.end():]
+                if self._well_formed(event):
+                    yield event
+        if buffer.strip() and self._well_formed(buffer):
+            yield buffer
+
+    def _well_formed(self, event):
+        data = b"\n".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+        if not data:
+            return True
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError:
+            logger.warning("%s: skipped a malformed stream event: %r", self.name, data[:200])
+            return False
+        return True
+
+    async def aclose(self):
+        await self.inner.aclose()
