@@ -37,7 +37,8 @@ class EntrySpec:
         if not self.enabled:
             data["enabled"] = False
         if self.first_token_timeout is not None:
-            data["first_token_timeout"] = self.first_token_timeout
+            timeout = self.first_token_timeout
+            data["first_token_timeout"] = int(timeout) if float(timeout).is_integer() else timeout
         return data
 
 

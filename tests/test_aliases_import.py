@@ -191,6 +191,7 @@ def test_export_import_round_trip(tmp_path):
         {"target": "groq/llama-3.1-8b-instant", "enabled": False},
         {"target": "openrouter/anthropic/claude-3-haiku", "first_token_timeout": 10.0},
     ]}
+    assert "first_token_timeout: 10\n" in exported.read_text()  # as written, not 10.0
     assert data["aliases"]["mana/long-form"]["chain"] == ["ollama/gemma3:12b", "groq/llama-3.3-70b-versatile"]
     assert data["aliases"]["mana/orm"]["chain"] == [
         {"target": "google/gemini-2.5-flash", "first_token_timeout": 2.5},
