@@ -7,7 +7,6 @@ fake's faults and statistics before each test. The gateway runs with RETRIES=0 (
 backoff sleeps) and a breaker threshold no test reaches, so one test's failures never
 open a breaker another test would trip over.
 """
-import asyncio
 import base64
 import json
 import re

@@ -9,6 +9,7 @@ import pytest
 from fixtures.fake_upstream import GOOGLE_MODELS, embedding_vector
 from providers import errors
 from providers.google import GoogleProvider
+from tests.adapters import collect, user
 
 KEY = "test-key-AIzaSyNeverLeakMe0123456789"
 MODEL = "gemini-2.5-flash"
@@ -36,10 +37,6 @@ async def google(fake):
     await provider.aclose()
 
 
-def user(text):
-    return {"messages": [{"role": "user", "content": text}]}
-
-
 def sent(fake, model=MODEL):
     return fake.stats()["last_request"][f"google/{model}"]
 
@@ -54,10 +51,6 @@ async def fails(cls, awaitable):
         await awaitable
     assert_no_key(info.value)
     return info.value
-
-
-async def collect(iterator):
-    return [chunk async for chunk in iterator]
 
 
 async def stream_fails(cls, iterator):

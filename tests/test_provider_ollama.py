@@ -1,37 +1,19 @@
 """OllamaProvider against the in-repo fake upstream over real loopback HTTP."""
 import asyncio
 import json
-import socket
 import time
 
 import pytest
 
 from providers import errors
 from providers.ollama import OllamaProvider, strip_fence, tool_family_match
+from tests.adapters import collect, text_of, unused_port, user
 
 MODEL = "qwen2.5:7b"
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                            "parameters": {"type": "object",
                                                           "properties": {"city": {"type": "string"}}}}}]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-
-
-def unused_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def user(text):
-    return {"messages": [{"role": "user", "content": text}]}
-
-
-async def collect(iterator):
-    return [chunk async for chunk in iterator]
-
-
-def text_of(chunks):
-    return "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
 
 
 def sent(fake, model=MODEL):

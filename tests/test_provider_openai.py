@@ -1,6 +1,5 @@
 """OpenAICompatProvider against the in-repo fake upstream over real loopback HTTP."""
 import asyncio
-import socket
 import time
 
 import pytest
@@ -8,27 +7,10 @@ import pytest
 from providers import errors
 from providers.base import has_content
 from providers.openai_compat import OpenAICompatProvider
+from tests.adapters import collect, text_of, unused_port, user
 
 KEY = "sk-fake"
 MODEL = "llama-3.1-8b-instant"
-
-
-def unused_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def user(text):
-    return {"messages": [{"role": "user", "content": text}]}
-
-
-async def collect(iterator):
-    return [chunk async for chunk in iterator]
-
-
-def text_of(chunks):
-    return "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
 
 
 async def eventually(predicate, timeout=3.0):
