@@ -5,6 +5,7 @@ key or a staff session and go through the same validator as the YAML import.
 """
 from django.db import transaction
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -48,6 +49,13 @@ class DjangoSessionUser(BaseAuthentication):
         return (user, None) if user is not None and user.is_authenticated else None
 
 
+class AnyTypeJSONParser(JSONParser):
+    """The body is JSON whatever its Content-Type says, as on the OpenAI endpoints
+    (``curl -d`` sends form-urlencoded by default)."""
+
+    media_type = "*/*"
+
+
 class AliasListView(APIView):
     authentication_classes = [DjangoSessionUser]
 
@@ -59,6 +67,7 @@ class AliasListView(APIView):
 
 class AliasDetailView(APIView):
     authentication_classes = [DjangoSessionUser]
+    parser_classes = [AnyTypeJSONParser]
 
     def get(self, request, name):
         return Response(alias_data(get_alias(name)))

@@ -246,3 +246,14 @@ def test_api_write_is_served_by_this_process(client):
     assert [e.target for e in registry.resolve("mana/x")[1]] == ["openai/gpt-4o-mini"]
     assert client.delete("/v1/aliases/mana/x").status_code == 204
     assert "mana/x" not in registry.snapshot.aliases
+
+
+@pytest.mark.django_db
+def test_put_reads_json_whatever_the_content_type(client):
+    # curl -X PUT -d '{...}' sends application/x-www-form-urlencoded.
+    body = '{"description": "from curl", "chain": ["groq/llama-3.1-8b-instant"]}'
+    response = client.put("/v1/aliases/mana/curl", body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 201, response.content
+    assert response.json()["chain"] == ["groq/llama-3.1-8b-instant"]
+    response = client.put("/v1/aliases/mana/curl", "{not json", content_type="text/plain")
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
