@@ -20,7 +20,7 @@ from django.db import close_old_connections, connection
 logger = logging.getLogger("manallm.runtime")
 
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manallm-db")
-_state = {"loop": None, "task": None, "listener": None}
+_state = {"loop": None, "ready": None, "task": None, "listener": None}
 STATE_GROUP = "manallm.state"
 # channels_redis forgets group members after a day; rejoin well before that.
 REJOIN_SECONDS = 600
@@ -49,11 +49,21 @@ def _sources():
 
 
 async def ensure_started():
-    """Load state once and start the poller in this event loop (idempotent, cheap)."""
+    """Load state once and start the poller in this event loop (idempotent, cheap).
+
+    Concurrent first requests all wait for the one load; it runs in a task of its own
+    so a first client that goes away cannot cancel it half-way.
+    """
     loop = asyncio.get_running_loop()
-    if _state["loop"] is loop:
-        return
-    _state["loop"] = loop
+    if _state["loop"] is not loop:
+        _state["loop"] = loop
+        _state["ready"] = loop.create_task(_start(loop))
+    ready = _state["ready"]
+    if not ready.done():
+        await asyncio.shield(ready)
+
+
+async def _start(loop):
     for source in _sources():
         try:
             await run_db(source.load)
@@ -129,10 +139,10 @@ def announce_from_sync():
 
 
 def stop():
-    for name in ("task", "listener"):
+    for name in ("ready", "task", "listener"):
         if _state[name] is not None:
             _state[name].cancel()
-    _state.update(loop=None, task=None, listener=None)
+    _state.update(loop=None, ready=None, task=None, listener=None)
 
 
 def reload_aliases_file():
