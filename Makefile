@@ -21,6 +21,7 @@ run: $(STAMP)
 	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py import_aliases_if_empty
+	@echo "manallm serving on http://0.0.0.0:$(PORT)  (OpenAI API under /v1, admin at /admin/, metrics at /metrics)"
 	exec $(BIN)/daphne --verbosity 0 -b 0.0.0.0 -p $(PORT) manallm.asgi:application
 
 test: $(STAMP)
