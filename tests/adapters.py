@@ -1,4 +1,7 @@
 """Helpers shared by the adapter tests."""
+import asyncio
+import time
+
 from tests.server import free_port
 
 
@@ -17,3 +20,13 @@ async def collect(iterator):
 
 def text_of(chunks):
     return "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
+
+
+async def eventually(predicate, timeout=3.0):
+    """Poll a condition another party changes (the upstream seeing a disconnect)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

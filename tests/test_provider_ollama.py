@@ -1,13 +1,11 @@
 """OllamaProvider against the in-repo fake upstream over real loopback HTTP."""
-import asyncio
 import json
-import time
 
 import pytest
 
 from providers import errors
 from providers.ollama import OllamaProvider, strip_fence, tool_family_match
-from tests.adapters import collect, text_of, unused_port, user
+from tests.adapters import collect, eventually, text_of, unused_port, user
 
 MODEL = "qwen2.5:7b"
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -18,15 +16,6 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAW
 
 def sent(fake, model=MODEL):
     return fake.stats()["last_request"][f"ollama/{model}"]
-
-
-async def eventually(predicate, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 @pytest.fixture

@@ -1,25 +1,15 @@
 """OpenAICompatProvider against the in-repo fake upstream over real loopback HTTP."""
 import asyncio
-import time
 
 import pytest
 
 from providers import errors
 from providers.base import has_content
 from providers.openai_compat import OpenAICompatProvider
-from tests.adapters import collect, text_of, unused_port, user
+from tests.adapters import collect, eventually, text_of, unused_port, user
 
 KEY = "sk-fake"
 MODEL = "llama-3.1-8b-instant"
-
-
-async def eventually(predicate, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 @pytest.fixture
