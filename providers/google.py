@@ -463,6 +463,17 @@ class GoogleProvider(base.Provider):
                 f"{self.name}: Google blocked the prompt (block_reason {reason})" + (f": {self.scrub(detail)}" if detail else "")
             )
 
+    def _finish_reason(self, reason, has_text, has_tool_calls):
+        """OpenAI's finish_reason for a Gemini one (plain and streamed answers alike)."""
+        if reason == "MALFORMED_FUNCTION_CALL":
+            raise errors.ProtocolError(f"{self.name}: the model produced a malformed function call")
+        if reason == "MAX_TOKENS":
+            if not has_text and not has_tool_calls:
+                raise errors.Truncated(f"{self.name}: Gemini stopped at the max_tokens limit before producing "
+                                       "any output (finish_reason MAX_TOKENS).")
+            return "length"
+        return "tool_calls" if has_tool_calls else "stop"
+
     def _blocked(self, candidate, reason):
         categories = [
             _enum_name(rating.category) for rating in (getattr(candidate, "safety_ratings", None) or ())
@@ -505,19 +516,8 @@ class GoogleProvider(base.Provider):
             elif part.text is not None:
                 (thoughts if part.thought else texts).append(part.text)
         text = "".join(texts)
-        if reason == "MALFORMED_FUNCTION_CALL":
-            raise errors.ProtocolError(f"{self.name}: the model produced a malformed function call")
-        if reason == "MAX_TOKENS":
-            if not text and not tool_calls:
-                raise errors.Truncated(
-                    f"{self.name}: Gemini stopped at the max_tokens limit before producing any output (finish_reason MAX_TOKENS)."
-                )
-            finish = "length"
-        elif tool_calls:
-            finish = "tool_calls"
-        elif reason in (None, "STOP", "FINISH_REASON_UNSPECIFIED") or text:
-            finish = "stop"
-        else:
+        finish = self._finish_reason(reason, bool(text), bool(tool_calls))
+        if finish == "stop" and not text and reason not in (None, "STOP", "FINISH_REASON_UNSPECIFIED"):
             raise errors.ProtocolError(f"{self.name}: empty answer (finish_reason {reason})")
 
         message = {"role": "assistant", "content": text if text or not tool_calls else None}
@@ -580,18 +580,7 @@ class GoogleProvider(base.Provider):
                 finish = reason
 
         if finish is not None:
-            if finish == "MALFORMED_FUNCTION_CALL":
-                raise errors.ProtocolError(f"{self.name}: the model produced a malformed function call")
-            if finish == "MAX_TOKENS":
-                if not has_text and not tool_index:
-                    raise errors.Truncated(
-                        f"{self.name}: Gemini stopped at the max_tokens limit before producing any output (finish_reason MAX_TOKENS)."
-                    )
-                openai_finish = "length"
-            elif tool_index:
-                openai_finish = "tool_calls"
-            else:
-                openai_finish = "stop"
+            openai_finish = self._finish_reason(finish, has_text, bool(tool_index))
             delta = {} if role_sent else {"role": "assistant", "content": ""}
             yield base.chunk(model, delta, openai_finish, id=id_, created=created)
         if usage is not None:

@@ -28,6 +28,17 @@ DRAIN_TIMEOUT = 1.0
 LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
 
 
+def _request_options(json, timeout):
+    """httpx keyword arguments for a JSON body (orjson-encoded) and a per-call timeout."""
+    options = {}
+    if json is not None:
+        options["content"] = dumps(json)
+        options["headers"] = {"Content-Type": "application/json"}
+    if timeout is not None:
+        options["timeout"] = timeout
+    return options
+
+
 def safe_url(url):
     """The URL without any user:password part (for messages)."""
     try:
@@ -198,12 +209,7 @@ class HTTPProvider(Provider):
 
     async def request_json(self, method, path, json=None, *, timeout=None):
         """One request; the decoded JSON answer, or a taxonomy error."""
-        kwargs = {}
-        if json is not None:
-            kwargs["content"] = dumps(json)
-            kwargs["headers"] = {"Content-Type": "application/json"}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
+        kwargs = _request_options(json, timeout)
         with self.transport_errors():
             response = await self.client.request(method, self.url(path), **kwargs)
         if not response.is_success:
@@ -224,12 +230,7 @@ class HTTPProvider(Provider):
         ``aclose()`` of the generator using it, or on cancellation) closes the response,
         so an abandoned upstream request is cut at once.
         """
-        kwargs = {}
-        if json is not None:
-            kwargs["content"] = dumps(json)
-            kwargs["headers"] = {"Content-Type": "application/json"}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
+        kwargs = _request_options(json, timeout)
         try:
             async with self.client.stream(method, self.url(path), **kwargs) as response:
                 if not response.is_success:

@@ -49,13 +49,7 @@ class OpenAICompatProvider(HTTPProvider):
 
     async def chat(self, model, body):
         answer = await self.request_json("POST", "/chat/completions", self.request_body(model, body, stream=False))
-        if not isinstance(answer, dict):
-            raise errors.ProtocolError(f"{self.name}: the chat answer is not a JSON object")
-        if answer.get("error") and not answer.get("choices"):
-            raise self.payload_error(answer)
-        if not isinstance(answer.get("choices"), list):
-            raise errors.ProtocolError(f"{self.name}: the chat answer has no 'choices'")
-        return answer
+        return self._checked(answer, "chat", "choices")
 
     async def chat_stream(self, model, body):
         payload = self.request_body(model, body, stream=True)
@@ -83,12 +77,16 @@ class OpenAICompatProvider(HTTPProvider):
         payload["model"] = model
         payload.pop("encoding_format", None)  # floats (the default); the API layer does base64
         answer = await self.request_json("POST", "/embeddings", payload)
+        return self._checked(answer, "embeddings", "data")
+
+    def _checked(self, answer, what, key):
+        """A 200 answer that is really an answer: an object with its list under ``key``."""
         if not isinstance(answer, dict):
-            raise errors.ProtocolError(f"{self.name}: the embeddings answer is not a JSON object")
-        if answer.get("error") and not answer.get("data"):
+            raise errors.ProtocolError(f"{self.name}: the {what} answer is not a JSON object")
+        if answer.get("error") and not answer.get(key):
             raise self.payload_error(answer)
-        if not isinstance(answer.get("data"), list):
-            raise errors.ProtocolError(f"{self.name}: the embeddings answer has no 'data'")
+        if not isinstance(answer.get(key), list):
+            raise errors.ProtocolError(f"{self.name}: the {what} answer has no '{key}'")
         return answer
 
     async def list_models(self):
