@@ -3,9 +3,9 @@ import datetime
 
 from django.contrib import admin, messages
 
-from .breakers import HEALTHY, UNHEALTHY
+from .breaker import HEALTHY, UNHEALTHY
 from .models import Breaker
-from .state import breakers
+from .board import breakers
 
 
 def _when(timestamp, now):

@@ -1,6 +1,6 @@
 """Persisted circuit-breaker state (SPEC §6), shared by every worker and the prober.
 
-One row per breaker. Workers keep an in-memory copy (``health.state.breakers``) and write
+One row per breaker. Workers keep an in-memory copy (``health.board.breakers``) and write
 a row only when its state changes; ``updated_at`` orders concurrent writers (a row
 replaces a process's copy only when it is newer).
 """
@@ -26,8 +26,8 @@ class Breaker(models.Model):
         return self.key
 
     def state(self):
-        """The pure ``health.breakers.Breaker`` value of this row."""
-        from .breakers import Breaker as State
+        """The pure ``health.breaker.Breaker`` value of this row."""
+        from .breaker import Breaker as State
 
         return State(
             key=self.key,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from manallm.runtime import run_db
 from providers import registry
 
-from .state import breakers
+from .board import breakers
 
 logger = logging.getLogger("manallm.health")
 

@@ -18,8 +18,8 @@ from manallm.auth import require_admin
 from manallm.errors import APIError, MethodNotAllowed, NotFound
 from providers import registry
 
-from .breakers import HEALTHY, UNHEALTHY
-from .state import breakers
+from .breaker import HEALTHY, UNHEALTHY
+from .board import breakers
 
 logger = logging.getLogger("manallm.health")
 

@@ -27,12 +27,6 @@ deployment_healthy = Gauge("mana_llm_deployment_healthy", "1 while the deploymen
 retries = Counter("mana_llm_retries_total", "Extra attempts on the same entry.", ["provider", "model", "reason"])
 
 
-def split(target):
-    """'openrouter/anthropic/claude-3-haiku' -> ('openrouter', 'anthropic/claude-3-haiku')."""
-    provider, _, model = target.partition("/")
-    return provider, model
-
-
 def on_breaker_transition(transition):
     """Breaker listener: the health gauges mirror every breaker (1 only when closed)."""
     healthy = 1 if transition.new_status == "healthy" else 0

@@ -42,10 +42,10 @@ def _call_db(fn, args, kwargs):
 
 
 def _sources():
-    from health.state import breakers
-    from routing.registry import registry
+    from health.board import breakers
+    from routing.table import aliases
 
-    return (registry, breakers)
+    return (aliases, breakers)
 
 
 async def ensure_started():
@@ -69,7 +69,7 @@ async def _start(loop):
             await run_db(source.load)
         except Exception:
             logger.exception("could not load %s from the database; serving what is in memory", source)
-    from health.state import breakers
+    from health.board import breakers
     from providers import registry
 
     from . import metrics
@@ -161,9 +161,9 @@ def reload_aliases_file():
         return
     finally:
         connection.close()
-    from routing.registry import registry
+    from routing.table import aliases
 
-    registry.invalidate()
+    aliases.invalidate()
     connection.close()
     logger.info("SIGHUP: reloaded %s: %s", path, result.summary())
 

@@ -27,11 +27,6 @@ def get(name):
     return configured().get(name)
 
 
-def is_known(name):
-    """A provider manallm knows how to talk to, configured or not."""
-    return name in settings.PROVIDER_NAMES
-
-
 def build(name, config):
     config = dict(config)
     adapter = import_string(ADAPTERS[config.pop("kind")])

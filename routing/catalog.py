@@ -7,7 +7,7 @@ from django.conf import settings
 
 from providers import registry as providers
 
-from .registry import registry as aliases
+from .table import aliases
 
 logger = logging.getLogger("manallm.routing")
 LIST_TIMEOUT = 3.0

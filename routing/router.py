@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from health.state import breakers as default_breakers
+from health.board import breakers as default_breakers
 from manallm import metrics
 from manallm.errors import APIError
 from providers import errors
 from providers import registry as default_providers
 from providers.base import has_content
 
-from .registry import registry as default_aliases
+from .table import aliases as default_aliases
 
 logger = logging.getLogger("manallm.router")
 

@@ -12,15 +12,15 @@ from .models import Alias, ChainEntry, Revision
 @receiver(post_delete, sender=ChainEntry)
 def alias_changed(**kwargs):
     Revision.bump()
-    transaction.on_commit(_refresh_registry)
+    transaction.on_commit(_refresh_table)
 
 
-def _refresh_registry():
+def _refresh_table():
     # The writing process serves its own change on the next request; the others pick
     # it up from the revision within STATE_POLL_INTERVAL, or at once when announced.
     from manallm import runtime
 
-    from .registry import registry
+    from .table import aliases
 
-    registry.invalidate()
+    aliases.invalidate()
     runtime.announce_from_sync()

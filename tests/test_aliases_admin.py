@@ -4,7 +4,7 @@ import re
 import pytest
 
 from routing.models import Alias, ChainEntry
-from routing.registry import registry
+from routing.table import aliases
 from routing.validators import EntrySpec
 
 ADD = "/admin/routing/alias/add/"
@@ -50,7 +50,7 @@ def test_add_form_has_chain_inline(admin):
 
 @pytest.mark.django_db(transaction=True)
 def test_add_then_edit_and_reorder(admin):
-    registry.load()
+    aliases.load()
     response = post_alias(admin, ADD, "mana/admin-made", [
         {"position": 0, "target": "ollama/qwen2.5:7b", "enabled": True},
         {"position": 1, "target": "groq/llama-3.1-8b-instant", "enabled": False, "first_token_timeout": 7},
@@ -63,8 +63,8 @@ def test_add_then_edit_and_reorder(admin):
                              EntrySpec("groq/llama-3.1-8b-instant", False, 7.0),
                              EntrySpec("openrouter/anthropic/claude-3-haiku")]
     # The process that committed serves the change at once (signals -> registry).
-    assert registry.snapshot.default == "mana/admin-made"
-    assert [e.target for e in registry.snapshot.aliases["mana/admin-made"].chain][0] == "ollama/qwen2.5:7b"
+    assert aliases.snapshot.default == "mana/admin-made"
+    assert [e.target for e in aliases.snapshot.aliases["mana/admin-made"].chain][0] == "ollama/qwen2.5:7b"
 
     # Reorder: the cloud entry first, the local one last; drop the disabled one.
     ids = list(alias.entries.values_list("id", flat=True))
@@ -79,9 +79,9 @@ def test_add_then_edit_and_reorder(admin):
     ], description="made here", is_default=True, initial=3)
     assert response.status_code == 302, response.context and response.context.get("errors")
     assert [spec.target for spec in alias.specs()] == ["openrouter/anthropic/claude-3-haiku", "ollama/qwen2.5:7b"]
-    assert [e.target for e in registry.snapshot.aliases["mana/admin-made"].chain] == [
+    assert [e.target for e in aliases.snapshot.aliases["mana/admin-made"].chain] == [
         "openrouter/anthropic/claude-3-haiku", "ollama/qwen2.5:7b"]
-    assert registry.resolve("mana/admin-made")[1][0].target == "openrouter/anthropic/claude-3-haiku"
+    assert aliases.resolve("mana/admin-made")[1][0].target == "openrouter/anthropic/claude-3-haiku"
 
 
 @pytest.mark.django_db

@@ -3,7 +3,7 @@ import pytest
 from django.test import Client
 
 from routing.models import Alias
-from routing.registry import registry
+from routing.table import aliases
 
 pytestmark = pytest.mark.django_db
 
@@ -239,13 +239,13 @@ def test_non_staff_session_cannot_write(django_user_model, keys):
 
 @pytest.mark.django_db(transaction=True)
 def test_api_write_is_served_by_this_process(client):
-    registry.load()
+    aliases.load()
     assert put(client, "mana/x", BODY).status_code == 201
-    assert [e.target for e in registry.resolve("mana/x")[1]] == BODY["chain"]
+    assert [e.target for e in aliases.resolve("mana/x")[1]] == BODY["chain"]
     assert put(client, "mana/x", {"chain": ["openai/gpt-4o-mini"]}).status_code == 200
-    assert [e.target for e in registry.resolve("mana/x")[1]] == ["openai/gpt-4o-mini"]
+    assert [e.target for e in aliases.resolve("mana/x")[1]] == ["openai/gpt-4o-mini"]
     assert client.delete("/v1/aliases/mana/x").status_code == 204
-    assert "mana/x" not in registry.snapshot.aliases
+    assert "mana/x" not in aliases.snapshot.aliases
 
 
 @pytest.mark.django_db

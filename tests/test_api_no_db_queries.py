@@ -20,7 +20,7 @@ from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 from django.test import AsyncClient
 
-from health.state import breakers
+from health.board import breakers
 from routing import aliasfile
 from tests.server import ROOT
 

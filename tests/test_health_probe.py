@@ -176,7 +176,7 @@ class StubProvider:
 @pytest.mark.django_db(transaction=True)
 async def test_tick_isolates_each_provider(monkeypatch):
     from health import probe
-    from health.state import breakers
+    from health.board import breakers
     from providers import registry
     from providers.errors import ConnectError
 

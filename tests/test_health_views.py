@@ -6,7 +6,7 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from health.models import Breaker as Row
-from health.state import breakers
+from health.board import breakers
 from manallm import runtime
 from providers import registry
 from tests.clock import T0, FakeClock

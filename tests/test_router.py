@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from health.state import BreakerBoard
+from health.board import BreakerBoard
 from manallm.errors import ModelNotFound
 from providers import errors
 from providers.base import Provider, has_content
 from providers.ollama import OllamaProvider
 from providers.openai_compat import OpenAICompatProvider
-from routing.registry import AliasRegistry, AliasView, Entry, Snapshot
+from routing.table import AliasTable, AliasView, Entry, Snapshot
 from routing.router import NoHealthyProvider, Router
 from tests.clock import FakeClock
 
@@ -114,7 +114,7 @@ class Env:
         self.sleeps.append(seconds)
 
     def router(self, *chain, aliases=None):
-        registry = AliasRegistry()
+        registry = AliasTable()
         views = {"mana/t": AliasView("mana/t", "test", tuple(chain or (OLLAMA, GROQ)))}
         for name, entries in (aliases or {}).items():
             views[name] = AliasView(name, "", tuple(entries))

@@ -1,16 +1,16 @@
 """The router on its defaults: providers built by providers.registry from
-settings.PROVIDERS (pointed at the fake upstream), aliases from routing.registry.registry,
+settings.PROVIDERS (pointed at the fake upstream), aliases from routing.table.registry,
 breakers on the process board with real persistence to the database."""
 import pytest
 
 from health.models import Breaker as Row
-from health.state import breakers
+from health.board import breakers
 from providers import registry as provider_registry
 from providers.ollama import OllamaProvider
 from providers.openai_compat import OpenAICompatProvider
 from routing import router as router_module
-from routing.registry import AliasView, Entry, Snapshot
-from routing.registry import registry as alias_registry
+from routing.table import AliasView, Entry, Snapshot
+from routing.table import aliases as alias_registry
 from routing.router import NoHealthyProvider, Router
 
 

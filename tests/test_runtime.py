@@ -5,18 +5,18 @@ import pytest
 
 from manallm import runtime
 from routing.models import Alias
-from routing.registry import registry
+from routing.table import aliases
 
 
 @pytest.mark.django_db(transaction=True)
 async def test_concurrent_first_requests_all_wait_for_the_first_load():
     # A burst right after start must not see an empty registry (a valid alias as 404).
     await asyncio.to_thread(_make_alias)
-    registry.snapshot = type(registry.snapshot)()  # as in a fresh process
+    aliases.snapshot = type(aliases.snapshot)()  # as in a fresh process
 
     async def first_request():
         await runtime.ensure_started()
-        return "mana/burst" in registry.snapshot.aliases  # what this request would resolve
+        return "mana/burst" in aliases.snapshot.aliases  # what this request would resolve
 
     assert await asyncio.gather(*(first_request() for _ in range(20))) == [True] * 20
     runtime.stop()

@@ -5,7 +5,7 @@ from django.db.models import F
 
 from manallm.errors import ModelNotFound
 from routing.models import Alias, ChainEntry, Revision
-from routing.registry import AliasRegistry, Entry, registry
+from routing.table import AliasTable, Entry, aliases
 
 
 def make(name, chain, *, default=False):
@@ -16,7 +16,7 @@ def make(name, chain, *, default=False):
 
 
 def targets(name):
-    return [entry.target for entry in registry.resolve(name)[1]]
+    return [entry.target for entry in aliases.resolve(name)[1]]
 
 
 @pytest.mark.django_db
@@ -24,48 +24,48 @@ def test_resolve_makes_no_query(django_assert_num_queries):
     make("mana/fast-text", ["ollama/qwen2.5:7b", "groq/llama-3.1-8b-instant"], default=True)
     alias = make("mana/opts", ["openrouter/anthropic/claude-3-haiku"])
     ChainEntry.objects.filter(alias=alias).update(enabled=False, first_token_timeout=4)
-    registry.load()
+    aliases.load()
     with django_assert_num_queries(0):
-        assert registry.resolve("mana/fast-text") == ("mana/fast-text", (
+        assert aliases.resolve("mana/fast-text") == ("mana/fast-text", (
             Entry("ollama", "qwen2.5:7b"), Entry("groq", "llama-3.1-8b-instant")))
-        assert registry.resolve(None)[0] == "mana/fast-text"
-        assert registry.resolve("")[0] == "mana/fast-text"
-        assert registry.resolve("mana/opts")[1] == (Entry("openrouter", "anthropic/claude-3-haiku", False, 4.0),)
-        assert registry.resolve("openrouter/anthropic/claude-3-haiku") == (
+        assert aliases.resolve(None)[0] == "mana/fast-text"
+        assert aliases.resolve("")[0] == "mana/fast-text"
+        assert aliases.resolve("mana/opts")[1] == (Entry("openrouter", "anthropic/claude-3-haiku", False, 4.0),)
+        assert aliases.resolve("openrouter/anthropic/claude-3-haiku") == (
             None, (Entry("openrouter", "anthropic/claude-3-haiku"),))
-        assert registry.resolve("gemma3:4b") == (None, (Entry("ollama", "gemma3:4b"),))
+        assert aliases.resolve("gemma3:4b") == (None, (Entry("ollama", "gemma3:4b"),))
         with pytest.raises(ModelNotFound) as caught:
-            registry.resolve("mana/nope")
+            aliases.resolve("mana/nope")
         assert "mana/fast-text" in caught.value.message and "mana/opts" in caught.value.message
         with pytest.raises(ModelNotFound):
-            registry.resolve("bogus/model")
+            aliases.resolve("bogus/model")
         for _ in range(100):
-            registry.resolve("mana/fast-text")
+            aliases.resolve("mana/fast-text")
 
 
 @pytest.mark.django_db
 def test_steady_state_poll_is_one_query(django_assert_num_queries):
     make("mana/a", ["ollama/a"])
-    registry.load()
-    snapshot = registry.snapshot
+    aliases.load()
+    snapshot = aliases.snapshot
     with django_assert_num_queries(1):
-        registry.poll()
-    assert registry.snapshot is snapshot  # nothing moved: not reloaded
+        aliases.poll()
+    assert aliases.snapshot is snapshot  # nothing moved: not reloaded
 
 
 @pytest.mark.django_db
 def test_no_default():
     make("mana/a", ["ollama/a"])
-    registry.load()
+    aliases.load()
     with pytest.raises(ModelNotFound):
-        registry.resolve(None)
+        aliases.resolve(None)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_orm_commits_are_served():
-    registry.load()
+    aliases.load()
     alias = make("mana/a", ["ollama/a"], default=True)
-    assert targets("mana/a") == ["ollama/a"] and registry.resolve(None)[0] == "mana/a"
+    assert targets("mana/a") == ["ollama/a"] and aliases.resolve(None)[0] == "mana/a"
 
     entry = alias.entries.create(position=1, target="groq/b")
     assert targets("mana/a") == ["ollama/a", "groq/b"]
@@ -78,22 +78,22 @@ def test_orm_commits_are_served():
     assert targets("mana/a") == ["ollama/a"]
     alias.description = "changed"
     alias.save()
-    assert registry.snapshot.aliases["mana/a"].description == "changed"
+    assert aliases.snapshot.aliases["mana/a"].description == "changed"
 
     other = make("mana/b", ["openai/gpt-4o-mini"])
     other.is_default = True
     other.save()
-    assert registry.resolve(None)[0] == "mana/b"
+    assert aliases.resolve(None)[0] == "mana/b"
 
     alias.delete()
     with pytest.raises(ModelNotFound):
-        registry.resolve("mana/a")
+        aliases.resolve("mana/a")
 
 
 @pytest.mark.django_db(transaction=True)
 def test_change_is_served_after_commit_not_before():
     make("mana/a", ["ollama/a"])
-    registry.load()
+    aliases.load()
     with transaction.atomic():
         alias = Alias.objects.get(name="mana/a")
         alias.entries.create(position=1, target="groq/b")
@@ -106,7 +106,7 @@ def test_change_is_served_after_commit_not_before():
         make("mana/ghost", ["ollama/g"])
         raise RuntimeError
     with pytest.raises(ModelNotFound):
-        registry.resolve("mana/ghost")
+        aliases.resolve("mana/ghost")
     assert not Alias.objects.filter(name="mana/ghost").exists()
 
 
@@ -127,7 +127,7 @@ def test_every_write_moves_the_revision():
 def test_poll_picks_up_another_process_write():
     """Another process's write: this process only sees the revision move."""
     make("mana/a", ["ollama/a"])
-    other = AliasRegistry()  # stands for a second process's registry
+    other = AliasTable()  # stands for a second process's registry
     other.load()
     # Write the way another process would, with no signal reaching `other`.
     ChainEntry.objects.filter(alias__name="mana/a").update(target="groq/z")
@@ -142,15 +142,15 @@ def test_poll_picks_up_another_process_write():
 def test_import_and_api_paths_refresh_the_registry(tmp_path, client):
     from django.core.management import call_command
 
-    registry.load()
+    aliases.load()
     path = tmp_path / "a.yaml"
     path.write_text("aliases:\n  mana/x:\n    chain: [ollama/a, groq/b]\ndefault: mana/x\n")
     call_command("import_aliases", str(path), stdout=None)
-    assert targets("mana/x") == ["ollama/a", "groq/b"] and registry.resolve(None)[0] == "mana/x"
+    assert targets("mana/x") == ["ollama/a", "groq/b"] and aliases.resolve(None)[0] == "mana/x"
     path.write_text("aliases:\n  mana/x:\n    chain: [groq/b]\n  mana/y:\n    chain: [openai/c]\ndefault: mana/y\n")
     call_command("import_aliases", str(path), stdout=None)
-    assert targets("mana/x") == ["groq/b"] and registry.resolve(None)[0] == "mana/y"
+    assert targets("mana/x") == ["groq/b"] and aliases.resolve(None)[0] == "mana/y"
     path.write_text("aliases:\n  mana/y:\n    chain: [openai/c]\ndefault: mana/y\n")
     call_command("import_aliases", str(path), "--prune", stdout=None)
     with pytest.raises(ModelNotFound):
-        registry.resolve("mana/x")
+        aliases.resolve("mana/x")

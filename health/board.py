@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .breakers import HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
+from .breaker import HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
 
 logger = logging.getLogger("manallm.health")
 

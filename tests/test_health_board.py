@@ -1,12 +1,12 @@
-"""health.state.BreakerBoard: the in-memory board, its listeners and its persistence."""
+"""health.board.BreakerBoard: the in-memory board, its listeners and its persistence."""
 import logging
 
 import pytest
 
-from health import state as state_module
-from health.breakers import Breaker
+from health import board as board_module
+from health.breaker import Breaker
 from health.models import Breaker as Row
-from health.state import BreakerBoard, Transition
+from health.board import BreakerBoard, Transition
 from manallm.runtime import run_db
 from tests.clock import T0, FakeClock
 
@@ -168,7 +168,7 @@ def test_no_write_on_noop_success(board, django_assert_num_queries):
 @pytest.mark.django_db(transaction=True)
 async def test_no_background_write_on_noop_success(board, monkeypatch):
     writes = []
-    monkeypatch.setattr(state_module, "_write_row", lambda s: writes.append(s.key))
+    monkeypatch.setattr(board_module, "_write_row", lambda s: writes.append(s.key))
     for _ in range(100):
         board.record_success("ollama", "qwen2.5:7b")
     assert not board._pending
@@ -329,9 +329,9 @@ def test_poll_merges_newer_rows_only(board, clock):
 @pytest.mark.django_db
 def test_stale_write_never_overwrites_a_newer_row(board):
     Row.objects.create(key="ollama", provider="ollama", consecutive_failures=7, updated_at=T0 + 100)
-    assert state_module._write_row(Breaker("ollama", "ollama", consecutive_failures=1, updated_at=T0)) is False
+    assert board_module._write_row(Breaker("ollama", "ollama", consecutive_failures=1, updated_at=T0)) is False
     assert Row.objects.get(key="ollama").consecutive_failures == 7
-    assert state_module._write_row(Breaker("ollama", "ollama", consecutive_failures=2, updated_at=T0 + 101))
+    assert board_module._write_row(Breaker("ollama", "ollama", consecutive_failures=2, updated_at=T0 + 101))
     assert Row.objects.get(key="ollama").consecutive_failures == 2
 
 
@@ -369,8 +369,8 @@ async def test_database_outage_never_raises(clock, monkeypatch, caplog):
     def broken(*args):
         raise RuntimeError("database is down")
 
-    monkeypatch.setattr(state_module, "_write_row", broken)
-    monkeypatch.setattr(state_module, "_reset_rows", broken)
+    monkeypatch.setattr(board_module, "_write_row", broken)
+    monkeypatch.setattr(board_module, "_reset_rows", broken)
     board = BreakerBoard(clock=clock)
     with caplog.at_level(logging.WARNING, logger="manallm.health"):
         board.record_failure("ollama", "", "provider", "connect_error")
@@ -382,7 +382,7 @@ async def test_database_outage_never_raises(clock, monkeypatch, caplog):
 
 
 def test_sync_write_error_is_logged(clock, monkeypatch, caplog):
-    monkeypatch.setattr(state_module, "_write_row", lambda s: 1 / 0)
+    monkeypatch.setattr(board_module, "_write_row", lambda s: 1 / 0)
     board = BreakerBoard(clock=clock)
     with caplog.at_level(logging.WARNING, logger="manallm.health"):
         board.record_failure("ollama", "", "provider", "connect_error")
@@ -391,7 +391,7 @@ def test_sync_write_error_is_logged(clock, monkeypatch, caplog):
 
 
 def test_secrets_never_reach_last_error(board, settings, monkeypatch):
-    monkeypatch.setattr(state_module, "_write_row", lambda s: None)
+    monkeypatch.setattr(board_module, "_write_row", lambda s: None)
     settings.PROVIDERS = {**settings.PROVIDERS, "groq": {"kind": "openai", "api_key": "gsk-live-secret-value"}}
     board.record_failure("groq", "m", "deployment", "401 for key gsk-live-secret-value")
     assert "gsk-live-secret-value" not in board.get("groq", "m").last_error

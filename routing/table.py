@@ -40,10 +40,6 @@ class AliasView:
     description: str
     chain: tuple  # of Entry
 
-    def to_api(self):
-        return {"name": self.name, "description": self.description, "chain": [e.target for e in self.chain]}
-
-
 @dataclass(frozen=True)
 class Snapshot:
     revision: int = -1
@@ -51,16 +47,12 @@ class Snapshot:
     default: str | None = None
 
 
-class AliasRegistry:
+class AliasTable:
     def __init__(self):
         self.snapshot = Snapshot()
 
     def __str__(self):
         return "aliases"
-
-    @property
-    def loaded(self):
-        return self.snapshot.revision >= 0
 
     def load(self):
         """Read every alias (sync; call off the event loop)."""
@@ -120,4 +112,4 @@ class AliasRegistry:
         return None, (Entry(provider, model),)
 
 
-registry = AliasRegistry()
+aliases = AliasTable()

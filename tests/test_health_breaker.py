@@ -1,7 +1,7 @@
-"""health.breakers: the pure breaker state machine (SPEC §6), with an injected clock."""
+"""health.breaker: the pure breaker state machine (SPEC §6), with an injected clock."""
 import pytest
 
-from health.breakers import HALF_OPEN, HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
+from health.breaker import HALF_OPEN, HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
 from tests.clock import T0
 
 THRESHOLD, BACKOFF = 2, 60.0
