@@ -22,7 +22,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.server import free_port  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 BODY = {"model": "mana/bench", "messages": [{"role": "user", "content": "Say hello in five words."}]}
 STREAM_BODY = {**BODY, "stream": True}

@@ -1,21 +1,15 @@
 """Run the real gateway: a daphne process on a free port with its own SQLite file."""
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from tests.helpers import free_port, wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def provider_env(fake_url):
@@ -25,6 +19,12 @@ def provider_env(fake_url):
         env[f"{name.upper()}_API_KEY"] = f"test-{name}-key"
         env[f"{name.upper()}_BASE_URL"] = f"{fake_url}/{name}/v1"
     return env
+
+
+def start_gateway(tmp_path_factory, fake_upstream, name, **env):
+    """A prepared, started gateway for a module-scoped fixture (the caller stops it)."""
+    server = Server(tmp_path_factory.mktemp(name), {**provider_env(fake_upstream.url), **env})
+    return server.prepare().start()
 
 
 class Server:
@@ -55,17 +55,17 @@ class Server:
             [sys.executable, "-m", "daphne", "--verbosity", "0", "-b", "127.0.0.1", "-p", str(self.port),
              "manallm.asgi:application"],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"gateway did not start:\n{self.logs()}")
+        if not wait_for(self._ready, timeout=30, interval=0.05):
+            raise RuntimeError(f"gateway did not start:\n{self.logs()}")
+        return self
+
+    def _ready(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gateway exited early:\n{self.logs()}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def logs(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -84,12 +84,3 @@ class Server:
         if getattr(self, "log", None):
             self.log.close()
 
-
-def wait_for(predicate, timeout=5.0, interval=0.02):
-    """Poll a condition (state that another process changes); returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)

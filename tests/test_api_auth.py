@@ -4,7 +4,8 @@ import httpx
 import openai
 import pytest
 
-from tests.test_api_openai import assert_error, assert_sdk_error, chat, sdk, start_gateway, user
+from tests.helpers import assert_error, assert_sdk_error, chat, sdk, user_messages
+from tests.server import start_gateway
 
 CLIENT_KEYS = ("k1", "k2")
 ADMIN_KEY = "admin-key-0123"
@@ -75,15 +76,15 @@ def test_client_and_admin_keys_pass(http, fake, headers):
 def test_sdk_with_keys(gw, fake):
     with sdk(gw, api_key="wrong") as client:
         with pytest.raises(openai.AuthenticationError) as excinfo:
-            client.chat.completions.create(model="mana/fast-text", messages=user())
+            client.chat.completions.create(model="mana/fast-text", messages=user_messages())
         assert_sdk_error(excinfo, openai.AuthenticationError, 401, "authentication_error")
         with pytest.raises(openai.AuthenticationError):
             client.models.list()
     for key in ("k2", ADMIN_KEY):
         with sdk(gw, api_key=key) as client:
-            assert client.chat.completions.create(model="mana/fast-text", messages=user()).model == "ollama/qwen2.5:7b"
+            assert client.chat.completions.create(model="mana/fast-text", messages=user_messages()).model == "ollama/qwen2.5:7b"
             assert "mana/fast-text" in {model.id for model in client.models.list()}
-            stream = client.chat.completions.create(model="mana/fast-text", messages=user(), stream=True)
+            stream = client.chat.completions.create(model="mana/fast-text", messages=user_messages(), stream=True)
             assert {chunk.model for chunk in stream} == {"ollama/qwen2.5:7b"}
 
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server import wait_for
-from tests.test_api_openai import SECRETS, assert_error, chat, content_of, sse_events, start_gateway
+from tests.helpers import SECRETS, assert_error, chat, content_of, sse_events, wait_for
+from tests.server import start_gateway
 
 
 

@@ -18,7 +18,9 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.server import Server, provider_env, wait_for
+from tests.helpers import (assert_error, assert_no_traceback, assert_sdk_error, chat, content_of, sdk, sse_events,
+                           user_messages, wait_for)
+from tests.server import start_gateway
 
 MAX_REQUEST_BYTES = 8192
 FAST_TEXT = ["ollama/qwen2.5:7b", "groq/llama-3.1-8b-instant", "openrouter/anthropic/claude-3-haiku"]
@@ -32,82 +34,9 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-SECRETS = ["test-groq-key", "test-openrouter-key", "test-together-key", "test-openai-key", "test-google-key"]
 
 
-# --- shared helpers (also imported by the other test_api_* modules) ---------------------
-
-
-def start_gateway(tmp_path_factory, fake_upstream, name, **env):
-    server = Server(tmp_path_factory.mktemp(name), {**provider_env(fake_upstream.url), **env})
-    return server.prepare().start()
-
-
-def sdk(gateway, api_key="x", **kwargs):
-    return OpenAI(base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0, timeout=20, **kwargs)
-
-
-def user(text="hi"):
-    return [{"role": "user", "content": text}]
-
-
-def chat(model="mana/fast-text", text="hi", **extra):
-    body = {"messages": user(text), **extra}
-    if model is not None:
-        body["model"] = model
-    return body
-
-
-def assert_no_traceback(text):
-    assert "Traceback" not in text and 'File "' not in text and "most recent call last" not in text, text
-
-
-def assert_error(response, status, error_type, param=..., code=...):
-    """The OpenAI envelope with the given status and type; returns the inner error."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert_no_traceback(response.text)
-    error = response.json()["error"]
-    assert {"message", "type", "code", "param"} <= set(error), error
-    assert error["type"] == error_type, error
-    assert isinstance(error["message"], str) and error["message"]
-    if param is not ...:
-        assert error["param"] == param, error
-    if code is not ...:
-        assert error["code"] == code, error
-    for secret in SECRETS:
-        assert secret not in response.text
-    return error
-
-
-def assert_sdk_error(excinfo, cls, status, error_type, param=...):
-    exc = excinfo.value
-    assert type(exc) is cls, type(exc)
-    assert exc.status_code == status
-    assert exc.type == error_type, exc.body
-    if param is not ...:
-        assert exc.param == param, exc.body
-    assert_no_traceback(exc.response.text)
-    return exc
-
-
-def sse_events(response):
-    """Check OpenAI's SSE framing and return the JSON events before ``[DONE]``."""
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/event-stream")
-    text = response.text
-    assert text.endswith("\n\n"), text[-200:]
-    blocks = text[:-2].split("\n\n")
-    for block in blocks:
-        assert block.startswith("data: ") and "\n" not in block, block
-    payloads = [block[len("data: "):] for block in blocks]
-    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1, payloads[-3:]
-    return [json.loads(payload) for payload in payloads[:-1]]
-
-
-def content_of(events):
-    return "".join((choice.get("delta") or {}).get("content") or ""
-                   for event in events for choice in event.get("choices") or [])
+# --- helpers of this module -----------------------------------------------------------------
 
 
 def hello(target, text="hi"):
@@ -174,7 +103,7 @@ def test_chat_plain_reports_the_serving_entry(http, fake):
 
 def test_chat_with_the_sdk(client, fake):
     raw = client.chat.completions.with_raw_response.create(
-        model="mana/fast-text", messages=user("hello sdk"), temperature=0.2, max_completion_tokens=50,
+        model="mana/fast-text", messages=user_messages("hello sdk"), temperature=0.2, max_completion_tokens=50,
         top_p=0.9, stop=["\n\n"], presence_penalty=0.1, frequency_penalty=0.1, seed=7, user="u-1",
         metadata={"k": "v"}, store=False, parallel_tool_calls=False)
     completion = raw.parse()
@@ -228,7 +157,7 @@ def test_stream_framing_models_and_headers(http, fake):
 
 
 def test_stream_include_usage_with_the_sdk(client, fake):
-    stream = client.chat.completions.create(model="openrouter/anthropic/claude-3-haiku", messages=user("count me"),
+    stream = client.chat.completions.create(model="openrouter/anthropic/claude-3-haiku", messages=user_messages("count me"),
                                             stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     assert all(chunk.model == "openrouter/anthropic/claude-3-haiku" for chunk in chunks)
@@ -252,7 +181,7 @@ def test_stream_include_usage_from_translating_adapters(http, fake, model):
 async def test_stream_with_the_async_sdk(gw, fake):
     async with AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0, timeout=20) as client:
         raw = await client.chat.completions.with_raw_response.create(
-            model="groq/llama-3.1-8b-instant", messages=user("async hi"), stream=True)
+            model="groq/llama-3.1-8b-instant", messages=user_messages("async hi"), stream=True)
         assert raw.headers["x-mana-llm-resolved"] == "groq/llama-3.1-8b-instant"
         stream = raw.parse()
         parts, models = [], set()
@@ -273,7 +202,7 @@ async def test_stream_with_the_async_sdk(gw, fake):
     ("google/gemini-2.5-flash", "google/gemini-2.5-flash"),
 ])
 def test_tool_call_round_trip(client, fake, model, served):
-    messages = user("What is the weather in Paris?")
+    messages = user_messages("What is the weather in Paris?")
     first = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="auto")
     assert first.model == served
     choice = first.choices[0]
@@ -293,7 +222,7 @@ def test_tool_call_round_trip(client, fake, model, served):
 
 @pytest.mark.parametrize("model", ["mana/structured", "groq/llama-3.1-8b-instant", "google/gemini-2.5-flash"])
 def test_streamed_tool_call(client, fake, model):
-    stream = client.chat.completions.create(model=model, messages=user("weather in Paris?"),
+    stream = client.chat.completions.create(model=model, messages=user_messages("weather in Paris?"),
                                             tools=[WEATHER_TOOL], stream=True)
     name, arguments, finish, call_ids = "", "", None, set()
     for chunk in stream:
@@ -337,7 +266,7 @@ def test_vision_remote_image_url_is_a_clear_400(client, fake):
 
 def test_response_format_json_object(client, fake):
     completion = client.chat.completions.create(
-        model="mana/structured", messages=[{"role": "system", "content": "Answer in JSON."}, *user("list colours")],
+        model="mana/structured", messages=[{"role": "system", "content": "Answer in JSON."}, *user_messages("list colours")],
         response_format={"type": "json_object"})
     assert completion.model == "ollama/qwen2.5:7b"
     data = json.loads(completion.choices[0].message.content)
@@ -348,7 +277,7 @@ def test_response_format_json_object(client, fake):
 def test_response_format_json_schema(client, fake):
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
     completion = client.chat.completions.create(
-        model="groq/llama-3.1-8b-instant", messages=user("answer"),
+        model="groq/llama-3.1-8b-instant", messages=user_messages("answer"),
         response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
     assert json.loads(completion.choices[0].message.content)["upstream"] == "groq"
 
@@ -532,7 +461,7 @@ def test_schema_violations_name_the_field(http, fake, body, param):
 
 def test_wrong_type_with_the_sdk(client, fake):
     with pytest.raises(openai.BadRequestError) as excinfo:
-        client.chat.completions.create(model="mana/fast-text", messages=user(), temperature="hot")
+        client.chat.completions.create(model="mana/fast-text", messages=user_messages(), temperature="hot")
     assert_sdk_error(excinfo, openai.BadRequestError, 400, "invalid_request_error", param="temperature")
     with pytest.raises(openai.BadRequestError) as excinfo:
         client.chat.completions.create(model="mana/fast-text", messages=[])
@@ -565,7 +494,7 @@ def test_body_over_max_request_bytes_is_413(http, client, fake):
 
 def test_unknown_alias_is_404_listing_known_aliases(client, fake):
     with pytest.raises(openai.NotFoundError) as excinfo:
-        client.chat.completions.create(model="mana/nope", messages=user())
+        client.chat.completions.create(model="mana/nope", messages=user_messages())
     exc = assert_sdk_error(excinfo, openai.NotFoundError, 404, "model_not_found", param="model")
     assert all(alias in exc.body["message"] for alias in SHIPPED_ALIASES)
     with pytest.raises(openai.NotFoundError) as excinfo:
@@ -583,7 +512,7 @@ def test_unknown_provider_is_404(http, fake):
 def test_model_unknown_to_its_provider_is_404_model_not_found(client, fake, model, upstream):
     fake.fault(upstream, "*", error_code="model_not_found")
     with pytest.raises(openai.NotFoundError) as excinfo:
-        client.chat.completions.create(model=model, messages=user())
+        client.chat.completions.create(model=model, messages=user_messages())
     exc = assert_sdk_error(excinfo, openai.NotFoundError, 404, "model_not_found")
     assert "nope" in exc.body["message"]
 
@@ -616,17 +545,17 @@ def test_tools_to_a_model_without_tool_support_is_400_capability(client, fake):
     # /api/show decides, even for a family on the tool-capable fallback list
     fake.fault("ollama", "qwen2.5:0.5b", capabilities=["completion"])
     with pytest.raises(openai.BadRequestError) as excinfo:
-        client.chat.completions.create(model="ollama/qwen2.5:0.5b", messages=user("weather?"), tools=[WEATHER_TOOL])
+        client.chat.completions.create(model="ollama/qwen2.5:0.5b", messages=user_messages("weather?"), tools=[WEATHER_TOOL])
     assert_sdk_error(excinfo, openai.BadRequestError, 400, "capability", param="tools")
     assert "messages" not in fake.stats()["last_request"]["ollama/qwen2.5:0.5b"]  # only /api/show was called
     # without tools the same model answers
-    assert client.chat.completions.create(model="ollama/qwen2.5:0.5b", messages=user()).model == "ollama/qwen2.5:0.5b"
+    assert client.chat.completions.create(model="ollama/qwen2.5:0.5b", messages=user_messages()).model == "ollama/qwen2.5:0.5b"
 
 
 def test_content_policy_is_422_blocked(client, fake):
     fake.fault("groq", "llama-3.1-8b-instant", error_code="content_policy_violation")
     with pytest.raises(openai.UnprocessableEntityError) as excinfo:
-        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=user())
+        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=user_messages())
     exc = assert_sdk_error(excinfo, openai.UnprocessableEntityError, 422, "blocked")
     assert "safety" in exc.body["message"]  # carries the provider's reason
 
@@ -642,7 +571,7 @@ def test_rate_limit_with_no_fallback_left_is_429(client, fake):
     fake.fault("groq", "llama-3.1-8b-instant", status=429, headers={"Retry-After": "120"})
     started = time.monotonic()
     with pytest.raises(openai.RateLimitError) as excinfo:
-        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=user())
+        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=user_messages())
     assert time.monotonic() - started < 5  # a long Retry-After is not waited out
     assert_sdk_error(excinfo, openai.RateLimitError, 429, "rate_limit")
 
@@ -658,7 +587,7 @@ def test_every_entry_rate_limited_is_429(http, fake):
 def test_upstream_auth_is_502_auth(client, fake):
     fake.fault("groq", "llama-3.1-8b-instant", error_code="invalid_api_key")
     with pytest.raises(openai.InternalServerError) as excinfo:
-        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=user())
+        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=user_messages())
     assert_sdk_error(excinfo, openai.InternalServerError, 502, "auth")
 
 
@@ -683,7 +612,7 @@ def test_every_entry_failed_is_503_with_attempts(client, fake):
     fake.fault("groq", "llama-3.1-8b-instant", status=502)
     fake.fault("openrouter", "anthropic/claude-3-haiku", status=503)
     with pytest.raises(openai.InternalServerError) as excinfo:
-        client.chat.completions.create(model="mana/fast-text", messages=user())
+        client.chat.completions.create(model="mana/fast-text", messages=user_messages())
     exc = assert_sdk_error(excinfo, openai.InternalServerError, 503, "no_healthy_provider")
     assert exc.body["attempts"] == [
         {"model": "ollama/qwen2.5:7b", "reason": "http_500"},
@@ -720,7 +649,7 @@ def test_garbage_upstream_answers_never_leak_a_traceback(http, fake, fault):
 
 def test_fallback_plain_sets_attempts(client, fake):
     fake.fault("ollama", "qwen2.5:7b", status=500)
-    raw = client.chat.completions.with_raw_response.create(model="mana/fast-text", messages=user())
+    raw = client.chat.completions.with_raw_response.create(model="mana/fast-text", messages=user_messages())
     assert raw.parse().model == "groq/llama-3.1-8b-instant"
     assert raw.headers["x-mana-llm-resolved"] == "groq/llama-3.1-8b-instant"
     assert raw.headers["x-mana-llm-attempts"] == "ollama/qwen2.5:7b=http_500"
@@ -808,9 +737,9 @@ def test_stream_whole_chain_failure_is_a_plain_503(http, fake):
 def test_stream_errors_before_the_first_token_are_plain_json(client, fake):
     fake.fault("groq", "llama-3.1-8b-instant", error_code="content_policy_violation")
     with pytest.raises(openai.UnprocessableEntityError):
-        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=user(), stream=True)
+        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=user_messages(), stream=True)
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="mana/nope", messages=user(), stream=True)
+        client.chat.completions.create(model="mana/nope", messages=user_messages(), stream=True)
 
 
 def test_empty_upstream_stream_is_a_success(http, fake):

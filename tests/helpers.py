@@ -1,0 +1,163 @@
+"""The helpers every test module shares: ports, polling with a deadline, building
+requests, reading answers and checking errors. One place for each, so a test module
+never imports from another test module (the gateway process harness is tests/server.py).
+"""
+import asyncio
+import json
+import socket
+import time
+
+from openai import OpenAI
+
+T0 = 1_000_000.0
+SECRETS = ["test-groq-key", "test-openrouter-key", "test-together-key", "test-openai-key", "test-google-key"]
+
+
+# --- ports ------------------------------------------------------------------------------
+
+
+def free_port():
+    """A loopback port that was free a moment ago (for a server a test is about to start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unused_port():
+    """A loopback port nothing listens on (connections to it are refused)."""
+    return free_port()
+
+
+# --- polling: state another thread or process changes ---------------------------------
+
+
+def wait_for(predicate, timeout=5.0, interval=0.02):
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+async def eventually(predicate, timeout=3.0, interval=0.02):
+    """``wait_for`` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
+# --- time -------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when a test says so (breaker windows, backoff)."""
+
+    def __init__(self, now=T0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+def user_messages(text="hi"):
+    """One user message, as a ``messages`` list."""
+    return [{"role": "user", "content": text}]
+
+
+def user(text="hi"):
+    """A chat request body holding one user message (what an adapter's ``chat`` takes)."""
+    return {"messages": user_messages(text)}
+
+
+def chat(model="mana/fast-text", text="hi", **extra):
+    """A /v1/chat/completions body; ``model=None`` leaves the model out."""
+    body = {"messages": user_messages(text), **extra}
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+def sdk(gateway, api_key="x", **kwargs):
+    """The official OpenAI client pointed at a gateway, without its own retries."""
+    return OpenAI(base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0, timeout=20, **kwargs)
+
+
+# --- answers ----------------------------------------------------------------------------
+
+
+async def collect(iterator):
+    """Drain an async iterator (a stream of chunks) into a list."""
+    return [item async for item in iterator]
+
+
+def text_of(chunks):
+    """The streamed text: the joined delta content of chat.completion.chunk dicts."""
+    return "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
+
+
+def sse_events(response):
+    """Check OpenAI's SSE framing and return the JSON events before ``[DONE]``."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    text = response.text
+    assert text.endswith("\n\n"), text[-200:]
+    blocks = text[:-2].split("\n\n")
+    for block in blocks:
+        assert block.startswith("data: ") and "\n" not in block, block
+    payloads = [block[len("data: "):] for block in blocks]
+    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1, payloads[-3:]
+    return [json.loads(payload) for payload in payloads[:-1]]
+
+
+def content_of(events):
+    """The streamed text of SSE events (tolerates events without choices or delta)."""
+    return "".join((choice.get("delta") or {}).get("content") or ""
+                   for event in events for choice in event.get("choices") or [])
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def assert_no_traceback(text):
+    assert "Traceback" not in text and 'File "' not in text and "most recent call last" not in text, text
+
+
+def assert_error(response, status, error_type, param=..., code=...):
+    """The OpenAI envelope with the given status and type; returns the inner error."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert_no_traceback(response.text)
+    error = response.json()["error"]
+    assert {"message", "type", "code", "param"} <= set(error), error
+    assert error["type"] == error_type, error
+    assert isinstance(error["message"], str) and error["message"]
+    if param is not ...:
+        assert error["param"] == param, error
+    if code is not ...:
+        assert error["code"] == code, error
+    for secret in SECRETS:
+        assert secret not in response.text
+    return error
+
+
+def assert_sdk_error(excinfo, cls, status, error_type, param=...):
+    """The same check for an error the openai package raised (``pytest.raises`` info)."""
+    exc = excinfo.value
+    assert type(exc) is cls, type(exc)
+    assert exc.status_code == status
+    assert exc.type == error_type, exc.body
+    if param is not ...:
+        assert exc.param == param, exc.body
+    assert_no_traceback(exc.response.text)
+    return exc
