@@ -71,8 +71,11 @@ class BreakerBoard:
         breaker = self.get(provider, model)
         return HEALTHY if breaker is None else breaker.status(self.clock())
 
-    def skip_reason(self, provider, model):
-        """``"cache-unhealthy"`` when the provider's or the deployment's breaker is open, else None.
+    def claim(self, provider: str, model: str) -> str | None:
+        """May a call to this deployment go ahead now? None (yes) or ``"cache-unhealthy"``.
+
+        Not a pure read: when a half-open breaker is what lets the call through, the call
+        claims that breaker's trial, so concurrent callers skip the entry meanwhile.
 
         Half-open lets one call through, the trial, whose recorded result closes or
         re-opens the breaker; until then (or until the trial's lease of

@@ -42,22 +42,22 @@ def statuses(board):
 def test_provider_level_cycle(board, clock):
     board.record_failure("ollama", "qwen2.5:7b", "provider", "connect_error: refused")
     assert board.status("ollama") == "healthy"  # first failure stays healthy
-    assert board.skip_reason("ollama", "qwen2.5:7b") is None
+    assert board.claim("ollama", "qwen2.5:7b") is None
 
     clock.advance(1)
     board.record_failure("ollama", "gemma3:12b", "provider", "connect_error: refused")
     assert board.status("ollama") == "unhealthy"
     # a provider breaker skips every model of the provider
-    assert board.skip_reason("ollama", "qwen2.5:7b") == "cache-unhealthy"
-    assert board.skip_reason("ollama", "llava:7b") == "cache-unhealthy"
-    assert board.skip_reason("groq", "llama-3.1-8b-instant") is None
+    assert board.claim("ollama", "qwen2.5:7b") == "cache-unhealthy"
+    assert board.claim("ollama", "llava:7b") == "cache-unhealthy"
+    assert board.claim("groq", "llama-3.1-8b-instant") is None
     assert board.get("ollama", "qwen2.5:7b") is None  # no deployment state was created
 
     clock.advance(59.9)
-    assert board.skip_reason("ollama", "qwen2.5:7b") == "cache-unhealthy"
+    assert board.claim("ollama", "qwen2.5:7b") == "cache-unhealthy"
     clock.advance(0.1)  # backoff over: half-open lets the next call through
     assert board.status("ollama") == "half_open"
-    assert board.skip_reason("ollama", "qwen2.5:7b") is None
+    assert board.claim("ollama", "qwen2.5:7b") is None
 
     board.record_failure("ollama", "qwen2.5:7b", "provider", "connect_error: refused again")
     assert board.status("ollama") == "unhealthy"  # re-opened for a full window
@@ -84,15 +84,15 @@ def test_deployment_level_cycle(board, clock):
     assert board.status("openrouter", model) == "healthy"
     board.record_failure("openrouter", model, "deployment", "http_503: overloaded")
     assert board.status("openrouter", model) == "unhealthy"
-    assert board.skip_reason("openrouter", model) == "cache-unhealthy"
+    assert board.claim("openrouter", model) == "cache-unhealthy"
     # one overloaded model does not take down the provider's other models
-    assert board.skip_reason("openrouter", "openai/gpt-4o-mini") is None
+    assert board.claim("openrouter", "openai/gpt-4o-mini") is None
     assert board.status("openrouter") == "healthy"
     assert board.get("openrouter") is None
 
     clock.advance(60)
     assert board.status("openrouter", model) == "half_open"
-    assert board.skip_reason("openrouter", model) is None
+    assert board.claim("openrouter", model) is None
     board.record_failure("openrouter", model, "deployment", "first_token_timeout")
     assert board.status("openrouter", model) == "unhealthy"
     assert board.get("openrouter", model).unhealthy_until == clock.now + 60
@@ -350,7 +350,7 @@ async def test_second_process_sees_the_breaker_state(clock):
     seen = []
     b.add_listener(seen.append)
     await run_db(b.load)
-    assert b.skip_reason("openrouter", "anthropic/claude-3-haiku") == "cache-unhealthy"
+    assert b.claim("openrouter", "anthropic/claude-3-haiku") == "cache-unhealthy"
     assert b.get("ollama").consecutive_failures == 1
     assert b.snapshot() == a.snapshot()
     assert [(t.key, t.new_status, t.source) for t in seen] == [
@@ -403,16 +403,16 @@ def test_half_open_lets_one_trial_call_through(board, clock, settings):
         board.record_failure("groq", "m", "deployment", "http_500")
     clock.advance(61)
     assert board.status("groq", "m") == "half_open"
-    assert board.skip_reason("groq", "m") is None  # the trial
-    assert board.skip_reason("groq", "m") == "cache-unhealthy"  # everyone else waits for its result
-    assert board.skip_reason("groq", "other") is None  # other deployments are not held
+    assert board.claim("groq", "m") is None  # the trial
+    assert board.claim("groq", "m") == "cache-unhealthy"  # everyone else waits for its result
+    assert board.claim("groq", "other") is None  # other deployments are not held
     board.record_failure("groq", "m", "deployment", "http_500")  # the trial failed: open for a full window
-    assert board.skip_reason("groq", "m") == "cache-unhealthy"
+    assert board.claim("groq", "m") == "cache-unhealthy"
     clock.advance(61)
-    assert board.skip_reason("groq", "m") is None  # the next trial
+    assert board.claim("groq", "m") is None  # the next trial
     board.record_success("groq", "m")
     assert board.status("groq", "m") == "healthy"
-    assert board.skip_reason("groq", "m") is None and board.skip_reason("groq", "m") is None
+    assert board.claim("groq", "m") is None and board.claim("groq", "m") is None
 
 
 def test_a_trial_that_never_reports_gives_way_after_its_lease(board, clock, settings):
@@ -420,17 +420,17 @@ def test_a_trial_that_never_reports_gives_way_after_its_lease(board, clock, sett
     for _ in range(2):
         board.record_failure("groq", "m", "deployment", "http_500")
     clock.advance(61)
-    assert board.skip_reason("groq", "m") is None  # a trial whose client went away
+    assert board.claim("groq", "m") is None  # a trial whose client went away
     clock.advance(29)
-    assert board.skip_reason("groq", "m") == "cache-unhealthy"
+    assert board.claim("groq", "m") == "cache-unhealthy"
     clock.advance(2)
-    assert board.skip_reason("groq", "m") is None  # the lease ran out: a new trial
+    assert board.claim("groq", "m") is None  # the lease ran out: a new trial
 
 
 def test_an_answer_that_counts_against_no_breaker_still_ends_the_trial(board, clock):
     for _ in range(2):
         board.record_failure("groq", "m", "deployment", "http_500")
     clock.advance(61)
-    assert board.skip_reason("groq", "m") is None
+    assert board.claim("groq", "m") is None
     board.record_failure("groq", "m", None, "context_length_exceeded")
-    assert board.skip_reason("groq", "m") is None
+    assert board.claim("groq", "m") is None

@@ -116,7 +116,7 @@ async def test_state_written_by_another_process_shows_within_a_second(configured
         if body["providers"]["ollama"]["status"] == "unhealthy":
             break
     assert body["providers"]["ollama"]["last_error"] == "probe failed: connect_error"
-    assert breakers.skip_reason("ollama", "qwen2.5:7b") == "cache-unhealthy"
+    assert breakers.claim("ollama", "qwen2.5:7b") == "cache-unhealthy"
 
 
 async def test_reset_with_admin_key(keys):
