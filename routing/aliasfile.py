@@ -87,18 +87,20 @@ def plan(document, *, prune=False):
     return result
 
 
-def apply(result):
+def apply(result: Plan) -> Plan:
+    """Write a plan in one transaction, through the model layer's alias write.
+
+    The default mark moves before the prune so that deleting the old default is allowed.
+    """
     with transaction.atomic():
         for name in result.created + result.updated:
-            spec = result.document.aliases[name]
-            alias, _ = Alias.objects.update_or_create(name=name, defaults={"description": spec.description})
-            alias.set_chain(spec.chain)
-        if result.deleted:
-            Alias.objects.filter(name__in=result.deleted).delete()
+            Alias.objects.put(result.document.aliases[name])
         if result.default_changes:
-            default = Alias.objects.get(name=result.default_to)
-            default.is_default = True
-            default.save()
+            Alias.objects.get(name=result.default_to).make_default()
+        if result.deleted:
+            pruned = Alias.objects.filter(name__in=result.deleted)
+            pruned.check_deletable()
+            pruned.delete()
     return result
 
 

@@ -2,7 +2,8 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import F, Q
 
-from .validators import AliasError, EntrySpec, validate_alias_name, validate_first_token_timeout, validate_target
+from .validators import (AliasError, AliasSpec, EntrySpec, validate_alias_name, validate_first_token_timeout,
+                         validate_target)
 
 
 def _as_field_error(check, value):
@@ -25,12 +26,56 @@ def first_token_timeout_validator(value):
     _as_field_error(validate_first_token_timeout, value)
 
 
+class DefaultAliasProtected(AliasError):
+    """Deleting the default alias would leave requests that name no model unserved."""
+
+    code = "default_alias"
+
+    def __init__(self, name: str):
+        super().__init__(f"{name!r} is the default alias; make another alias the default first.",
+                         alias=name, field="name")
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class AliasQuerySet(models.QuerySet):
+    """The alias writes every writer shares (the API, the YAML import, the admin), so the
+    rules they keep are written once: a chain replaced whole, the default mark moved, the
+    default never deleted."""
+
+    def put(self, spec: AliasSpec, *, default: bool = False) -> tuple["Alias", bool]:
+        """Create or replace the alias ``spec`` describes (validated by routing.validators),
+        its chain in order, and mark it the default if asked; one transaction.
+
+        Returns ``(alias, created)``. ``default=False`` leaves the mark where it is.
+        """
+        with transaction.atomic():
+            alias, created = self.update_or_create(name=spec.name, defaults={"description": spec.description})
+            alias.set_chain(spec.chain)
+            if default:
+                alias.make_default()
+        return alias, created
+
+    def check_deletable(self) -> None:
+        """Raise DefaultAliasProtected when this selection holds the default alias.
+
+        Called before every delete an operator asks for. A plain ``QuerySet.delete()``
+        stays unguarded: it is the raw tool (tests, wiping a database).
+        """
+        default = self.filter(is_default=True).values_list("name", flat=True).first()
+        if default is not None:
+            raise DefaultAliasProtected(default)
+
+
 class Alias(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[alias_name_validator],
                             help_text="mana/<class>, e.g. mana/long-form")
     description = models.TextField(blank=True)
     is_default = models.BooleanField("default", default=False,
                                      help_text="Serves requests that name no model. Exactly one alias is the default.")
+
+    objects = AliasQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -55,10 +100,23 @@ class Alias(models.Model):
                 Alias.objects.filter(is_default=True).exclude(pk=self.pk).update(is_default=False)
             super().save(*args, **kwargs)
 
-    def specs(self):
+    def make_default(self) -> None:
+        """Serve requests that name no model with this alias (save() moves the mark)."""
+        if not self.is_default:
+            self.is_default = True
+            self.save()
+
+    def delete(self, *args, **kwargs):
+        """Refuse to delete the default alias (DefaultAliasProtected); the database, not
+        this instance, says which alias is the default (another writer may have moved it)."""
+        with transaction.atomic():
+            Alias.objects.filter(pk=self.pk).check_deletable()
+            return super().delete(*args, **kwargs)
+
+    def specs(self) -> list[EntrySpec]:
         return [entry.spec() for entry in self.entries.all()]
 
-    def set_chain(self, specs):
+    def set_chain(self, specs) -> None:
         """Replace the chain with these EntrySpecs, in order."""
         with transaction.atomic():
             self.entries.all().delete()
