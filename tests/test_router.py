@@ -6,7 +6,6 @@ breakers read a fake clock. Only FIRST_TOKEN_TIMEOUT / STREAM_IDLE_TIMEOUT are r
 (and small) timeouts. Breaker persistence is stubbed (in-memory board only).
 """
 import asyncio
-import socket
 import time
 
 import pytest
@@ -19,7 +18,7 @@ from providers.ollama import OllamaProvider
 from providers.openai_compat import OpenAICompatProvider
 from routing.table import AliasTable, AliasView, Entry, Snapshot
 from routing.router import NoHealthyProvider, Router
-from tests.clock import FakeClock
+from tests.helpers import FakeClock, collect, eventually, text_of, unused_port
 
 OLLAMA, GROQ = Entry("ollama", "m1"), Entry("groq", "m2")
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
@@ -77,12 +76,6 @@ class Scripted(Provider):
     async def chat_stream(self, model, body):
         for chunk in self.chunks:
             yield dict(chunk)
-
-
-def unused_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Env:
@@ -166,24 +159,6 @@ def attempts(served_or_error):
     if isinstance(served_or_error, Exception):
         return [(a["model"], a["reason"]) for a in served_or_error.body()["error"]["attempts"]]
     return [(a.target, a.reason) for a in served_or_error.attempts]
-
-
-def text_of(chunks):
-    return "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
-
-
-async def collect(served):
-    return [event async for event in served.value]
-
-
-async def eventually(predicate, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
 
 
 # --- the walk: serving, retrying, falling over --------------------------------------------
@@ -719,7 +694,7 @@ async def test_stream_falls_back_before_the_first_token(env, settings, fault, re
     env.fake.fault("ollama", "m1", **fault)
     served = await env.router().chat_stream(stream_body())
     assert served.headers() == {"X-Mana-LLM-Resolved": "groq/m2", "X-Mana-LLM-Attempts": f"ollama/m1={reason}"}
-    chunks = await collect(served)
+    chunks = await collect(served.value)
     assert text_of(chunks) == "Hello from groq/m2: hi"
     assert all(c["model"] == "groq/m2" for c in chunks)
     assert not any("error" in c for c in chunks)
@@ -755,7 +730,7 @@ async def test_stream_capability_error(env):
 async def test_stream_happy_path(env, entry):
     served = await env.router(entry).chat_stream(stream_body())
     assert served.headers() == {"X-Mana-LLM-Resolved": entry.target}
-    chunks = await collect(served)
+    chunks = await collect(served.value)
     assert text_of(chunks) == f"Hello from {entry.target}: hi"
     assert all(c["model"] == entry.target for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -765,7 +740,7 @@ async def test_stream_happy_path(env, entry):
 @pytest.mark.parametrize("entry", [OLLAMA, GROQ])
 async def test_stream_include_usage_forwards_a_final_usage_chunk(env, entry):
     served = await env.router(entry).chat_stream(stream_body(stream_options={"include_usage": True}))
-    chunks = await collect(served)
+    chunks = await collect(served.value)
     last = chunks[-1]
     assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0
     assert last["model"] == entry.target
@@ -783,7 +758,7 @@ async def test_usage_inside_a_content_chunk_follows_include_usage(env, include_u
     ])
     body = stream_body(stream_options={"include_usage": include_usage})
     served = await env.router(Entry("scripted", "x")).chat_stream(body)
-    chunks = await collect(served)
+    chunks = await collect(served.value)
     assert [c["model"] for c in chunks] == ["scripted/x", "scripted/x"]
     assert chunks[-1].get("usage") == (usage if include_usage else None)
 
@@ -792,7 +767,7 @@ async def test_usage_inside_a_content_chunk_follows_include_usage(env, include_u
 async def test_stream_cut_mid_stream_ends_with_an_error_event(env, upstream, model, fallback):
     env.fake.fault(upstream, model, cut_after=2)
     served = await env.router(Entry(upstream, model), fallback).chat_stream(stream_body())
-    events = await collect(served)
+    events = await collect(served.value)
     assert "error" in events[-1] and events[-1]["error"]["code"] == "protocol_error"
     chunks = events[:-1]
     assert [c["choices"][0]["delta"]["content"] for c in chunks if has_content(c)] == ["Hello ", "from "]
@@ -807,7 +782,7 @@ async def test_stream_stall_mid_stream_ends_with_an_error_event(env, settings):
     env.fake.fault("groq", "m2", stall_after=2)
     served = await env.router(GROQ, OLLAMA).chat_stream(stream_body())
     started = time.monotonic()
-    events = await collect(served)
+    events = await collect(served.value)
     assert time.monotonic() - started < 2
     assert text_of(events[:-1]) == "Hello from "
     assert events[-1]["error"]["code"] == "timeout"
@@ -820,7 +795,7 @@ async def test_stream_stall_mid_stream_ends_with_an_error_event(env, settings):
 async def test_stream_upstream_error_event_ends_with_an_error_event(env, upstream, model):
     env.fake.fault(upstream, model, error_event_after=2)
     served = await env.router(Entry(upstream, model)).chat_stream(stream_body())
-    events = await collect(served)
+    events = await collect(served.value)
     assert text_of(events[:-1]) == "Hello from "
     error = events[-1]["error"]
     assert "upstream exploded" in error["message"] and error["type"] == "stream_error"
@@ -830,7 +805,7 @@ async def test_stream_upstream_error_event_ends_with_an_error_event(env, upstrea
 async def test_stream_malformed_event_is_skipped(env, entry):
     env.fake.fault(entry.provider, entry.model, malformed_after=2)
     served = await env.router(entry).chat_stream(stream_body())
-    events = await collect(served)
+    events = await collect(served.value)
     assert not any("error" in e for e in events)
     assert text_of(events) == f"Hello from {entry.target}: hi"
 
@@ -839,7 +814,7 @@ async def test_stream_malformed_event_is_skipped(env, entry):
 async def test_stream_without_done_is_finalised(env, entry):
     env.fake.fault(entry.provider, entry.model, no_done=True)
     served = await env.router(entry).chat_stream(stream_body())
-    events = await asyncio.wait_for(collect(served), 3)
+    events = await asyncio.wait_for(collect(served.value), 3)
     assert not any("error" in e for e in events)
     assert text_of(events) == f"Hello from {entry.target}: hi"
 
@@ -847,7 +822,7 @@ async def test_stream_without_done_is_finalised(env, entry):
 async def test_stream_tool_call_counts_as_the_first_token(env):
     entry = Entry("ollama", "qwen2.5:7b")
     served = await env.router(entry, GROQ).chat_stream(stream_body(text="weather in Paris?", tools=TOOLS))
-    chunks = await collect(served)
+    chunks = await collect(served.value)
     calls = [call for c in chunks if c.get("choices") for call in c["choices"][0]["delta"].get("tool_calls") or ()]
     assert calls and calls[0]["function"]["name"] == "get_weather"
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
@@ -858,14 +833,14 @@ async def test_empty_stream_is_a_success(env):
     env.fake.fault("groq", "m2", empty=True)
     served = await env.router(GROQ, OLLAMA).chat_stream(stream_body())
     assert served.headers() == {"X-Mana-LLM-Resolved": "groq/m2"}
-    assert await collect(served) == []
+    assert await collect(served.value) == []
     assert env.requests("ollama/m1") == 0
 
 
 async def test_empty_ollama_stream_is_only_a_finish_chunk(env):
     env.fake.fault("ollama", "m1", empty=True)
     served = await env.router(OLLAMA, GROQ).chat_stream(stream_body())
-    events = await collect(served)
+    events = await collect(served.value)
     assert not any("error" in e for e in events) and text_of(events) == ""
     assert [e["choices"][0]["finish_reason"] for e in events] == ["stop"]
     assert events[0]["model"] == "ollama/m1"
@@ -933,13 +908,13 @@ async def test_slot_held_while_a_stream_is_open(capped):
     assert capped.adapters["ollama"].in_flight == 1
     other = await capped.router().chat(chat_body())
     assert attempts(other) == [("ollama/m1", "saturated")]
-    await collect(served)
+    await collect(served.value)
     await assert_free(capped)
 
 
 async def test_slots_released_when_a_stream_completes(capped):
     served = await capped.router().chat_stream(stream_body())
-    await collect(served)
+    await collect(served.value)
     await assert_free(capped)
 
 
@@ -956,7 +931,7 @@ async def test_slots_released_on_pre_token_stream_failures(capped, settings):
 async def test_slots_released_after_a_mid_stream_error(capped):
     capped.fake.fault("ollama", "m1", times=1, cut_after=2)
     served = await capped.router().chat_stream(stream_body())
-    events = await collect(served)
+    events = await collect(served.value)
     assert "error" in events[-1]
     await assert_free(capped)
 
