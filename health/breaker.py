@@ -16,6 +16,7 @@ threshold opens it for a full window from that failure, ``now + backoff`` — th
 failure while half-open, and a straggler failure while already open alike.
 """
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 HEALTHY = "healthy"
@@ -25,7 +26,7 @@ HALF_OPEN = "half_open"
 LAST_ERROR_MAX = 300
 
 
-def breaker_key(provider, model=""):
+def breaker_key(provider: str, model: str = "") -> str:
     """``"ollama"`` for a provider breaker, ``"openrouter/anthropic/claude-3-haiku"`` for a deployment."""
     return f"{provider}/{model}" if model else provider
 
@@ -42,33 +43,33 @@ class Breaker:
     updated_at: float = 0.0
 
     @classmethod
-    def new(cls, provider, model=""):
+    def new(cls, provider: str, model: str = "") -> "Breaker":
         return cls(key=breaker_key(provider, model), provider=provider, model=model or "")
 
     @property
-    def level(self):
+    def level(self) -> str:
         return "deployment" if self.model else "provider"
 
-    def status(self, now):
+    def status(self, now: float) -> str:
         if self.unhealthy_until is None:
             return HEALTHY
         return UNHEALTHY if now < self.unhealthy_until else HALF_OPEN
 
-    def allows(self, now):
+    def allows(self, now: float) -> bool:
         """Whether a call may go through (closed or half-open)."""
         return self.status(now) != UNHEALTHY
 
-    def is_pristine(self):
+    def is_pristine(self) -> bool:
         """Closed with no failures: the state of a breaker that has no row."""
         return self.consecutive_failures == 0 and self.unhealthy_until is None
 
-    def record_success(self, now):
+    def record_success(self, now: float) -> tuple["Breaker", bool]:
         """-> (breaker, changed). A success on a pristine breaker changes nothing (no write)."""
         if self.is_pristine():
             return self, False
         return replace(self, consecutive_failures=0, unhealthy_until=None, last_check=now, updated_at=now), True
 
-    def record_failure(self, now, error_text, threshold, backoff):
+    def record_failure(self, now: float, error_text: str, threshold: int, backoff: float) -> tuple["Breaker", bool]:
         """-> (breaker, changed); a failure always changes the persisted state."""
         failures = self.consecutive_failures + 1
         unhealthy_until = self.unhealthy_until
@@ -83,16 +84,16 @@ class Breaker:
             updated_at=now,
         ), True
 
-    def close(self, now):
+    def close(self, now: float) -> tuple["Breaker", bool]:
         """Operator reset: closed, count cleared; -> (breaker, changed)."""
         return self.record_success(now)
 
-    def touch(self, now):
+    def touch(self, now: float) -> tuple["Breaker", bool]:
         """A success that must be persisted even when nothing else changed (the prober's
         checks, so ``last_check`` shows the provider is being watched); -> (breaker, True)."""
         return replace(self, consecutive_failures=0, unhealthy_until=None, last_check=now, updated_at=now), True
 
-    def as_dict(self, now):
+    def as_dict(self, now: float) -> dict:
         """The fields the health API shows (SPEC §5)."""
         return {
             "status": self.status(now),
@@ -113,7 +114,7 @@ _SECRET_PATTERNS = [
 ]
 
 
-def clean_error(error, secrets=()):
+def clean_error(error: BaseException | str | None, secrets: Iterable[str] = ()) -> str:
     """A short, single-line error text with anything that looks like a credential removed."""
     if error is None:
         return ""

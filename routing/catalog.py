@@ -15,11 +15,11 @@ LIST_TIMEOUT = 3.0
 _cache = {}  # provider name -> (fetched at, [model ids])
 
 
-def model_object(model_id, owned_by, created=0):
+def model_object(model_id: str, owned_by: str, created: int = 0) -> dict:
     return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
 
 
-async def _provider_models(name, provider):
+async def _provider_models(name: str, provider) -> list[str]:
     cached = _cache.get(name)
     if cached and time.monotonic() - cached[0] < settings.MODELS_CACHE_SECONDS:
         return cached[1]
@@ -34,7 +34,7 @@ async def _provider_models(name, provider):
     return _cache[name][1]
 
 
-async def all_models():
+async def all_models() -> list[dict]:
     objects = [model_object(name, "manallm") for name in sorted(aliases.snapshot.aliases)]
     configured = providers.configured()
     lists = await asyncio.gather(*(_provider_models(name, p) for name, p in configured.items()))
@@ -43,7 +43,7 @@ async def all_models():
     return objects
 
 
-async def find(model_id):
+async def find(model_id: str) -> dict | None:
     """One model object by id (alias, provider/model, or a bare Ollama name), or None."""
     if model_id in aliases.snapshot.aliases:
         return model_object(model_id, "manallm")
@@ -58,5 +58,5 @@ async def find(model_id):
     return None
 
 
-def clear():
+def clear() -> None:
     _cache.clear()

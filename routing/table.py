@@ -25,11 +25,11 @@ class Entry:
     first_token_timeout: float | None = None
 
     @property
-    def target(self):
+    def target(self) -> str:
         return f"{self.provider}/{self.model}"
 
     @classmethod
-    def from_spec(cls, spec: EntrySpec):
+    def from_spec(cls, spec: EntrySpec) -> "Entry":
         provider, _, model = spec.target.partition("/")
         return cls(provider, model, spec.enabled, spec.first_token_timeout)
 
@@ -54,7 +54,7 @@ class AliasTable:
     def __str__(self):
         return "aliases"
 
-    def load(self):
+    def load(self) -> None:
         """Read every alias (sync; call off the event loop)."""
         from .models import Alias, Revision
 
@@ -68,14 +68,14 @@ class AliasTable:
                 default = alias.name
         self.snapshot = Snapshot(revision, aliases, default)
 
-    def poll(self):
+    def poll(self) -> None:
         """Reload when another process (or path) moved the revision."""
         from .models import Revision
 
         if Revision.current() != self.snapshot.revision:
             self.load()
 
-    def invalidate(self):
+    def invalidate(self) -> None:
         try:
             self.load()
         except Exception:
@@ -84,7 +84,7 @@ class AliasTable:
 
     # --- SPEC §4 model names ------------------------------------------------------------
 
-    def resolve(self, name):
+    def resolve(self, name: str | None) -> tuple[str | None, tuple[Entry, ...]]:
         """The chain for a requested model name: (alias name or None, tuple of Entry).
 
         Raises ModelNotFound for an unknown alias, provider or missing default.

@@ -13,7 +13,7 @@ ENTRY_OPTIONS = {"target", "enabled", "first_token_timeout"}
 
 
 class AliasError(ValueError):
-    def __init__(self, reason, *, alias=None, field=None):
+    def __init__(self, reason: str, *, alias: str | None = None, field: str | None = None):
         self.alias, self.field, self.reason = alias, field, reason
         where = " ".join(part for part in (f"alias {alias!r}" if alias else "", field or "") if part)
         super().__init__(f"{where}: {reason}" if where else reason)
@@ -42,7 +42,7 @@ class EntrySpec:
         return data
 
 
-def validate_alias_name(name):
+def validate_alias_name(name: object) -> str:
     if not isinstance(name, str) or not ALIAS_NAME.match(name):
         raise AliasError(
             f"{name!r} is not a valid alias name: use 'mana/<class>' with one segment "
@@ -53,7 +53,7 @@ def validate_alias_name(name):
     return name
 
 
-def validate_target(target, *, alias=None, field="chain"):
+def validate_target(target: object, *, alias: str | None = None, field: str = "chain") -> str:
     """A ``provider/model`` string whose provider manallm knows."""
     if not isinstance(target, str) or "/" not in target:
         raise AliasError(f"entry {target!r} must be a 'provider/model' string", alias=alias, field=field)
@@ -67,7 +67,8 @@ def validate_target(target, *, alias=None, field="chain"):
     return target
 
 
-def validate_first_token_timeout(value, *, alias=None, field="first_token_timeout"):
+def validate_first_token_timeout(value: object, *, alias: str | None = None,
+                                 field: str = "first_token_timeout") -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -75,7 +76,7 @@ def validate_first_token_timeout(value, *, alias=None, field="first_token_timeou
     return float(value)
 
 
-def validate_entry(entry, *, alias=None, index=0):
+def validate_entry(entry: object, *, alias: str | None = None, index: int = 0) -> "EntrySpec":
     field = f"chain[{index}]"
     if isinstance(entry, str):
         return EntrySpec(validate_target(entry, alias=alias, field=field))
@@ -98,13 +99,13 @@ def validate_entry(entry, *, alias=None, index=0):
     )
 
 
-def validate_chain(chain, *, alias=None):
+def validate_chain(chain: object, *, alias: str | None = None) -> list["EntrySpec"]:
     if not isinstance(chain, list) or not chain:
         raise AliasError("must be a non-empty list of 'provider/model' entries", alias=alias, field="chain")
     return [validate_entry(entry, alias=alias, index=i) for i, entry in enumerate(chain)]
 
 
-def validate_description(description, *, alias=None):
+def validate_description(description: object, *, alias: str | None = None) -> str:
     if description is None:
         return ""
     if not isinstance(description, str):
@@ -122,7 +123,7 @@ class AliasSpec:
         return {"description": self.description, "chain": [entry.to_data() for entry in self.chain]}
 
 
-def validate_alias(name, body):
+def validate_alias(name: object, body: object) -> "AliasSpec":
     """One alias: its name and a ``{"description", "chain"}`` mapping."""
     validate_alias_name(name)
     if not isinstance(body, dict):
@@ -143,7 +144,7 @@ class AliasDocument:
     default: str | None
 
 
-def validate_document(data):
+def validate_document(data: object) -> "AliasDocument":
     """A whole aliases file: ``{"aliases": {name: {...}}, "default": name}``."""
     if not isinstance(data, dict):
         raise AliasError("the file must be a mapping with 'aliases' and 'default'", field="root")
