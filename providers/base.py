@@ -4,15 +4,58 @@ Adapters take the client's OpenAI request body (a dict they must not mutate: the
 hands the same body to every entry of a chain) plus the provider-side model name, and
 answer in OpenAI shapes. Every failure is raised as a ``providers.errors`` class.
 """
+from __future__ import annotations
+
 import time
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
+
+from manallm.errors import InvalidRequest
+
+from .openai_request import input_strings
+
+# Upstream text quoted in an error message is cut to this many characters.
+MAX_MESSAGE_CHARS = 1000
+
+
+@runtime_checkable
+class ProviderAPI(Protocol):
+    """What the router, the catalog and the health probe use of a provider.
+
+    ``Provider`` below is the base every adapter extends; this is the interface they
+    rely on, so a test double (or a future adapter) need only match it.
+    """
+
+    name: str
+    kind: str | None
+    in_flight: int
+
+    def try_acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+    async def chat(self, model: str, body: dict) -> dict: ...
+
+    def chat_stream(self, model: str, body: dict) -> AsyncIterator[dict]: ...
+
+    async def embed(self, model: str, body: dict) -> dict: ...
+
+    async def list_models(self) -> list[str]: ...
+
+    async def probe(self) -> None: ...
+
+    async def supports_tools(self, model: str) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Provider:
-    kind = None
+    kind: str | None = None
 
-    def __init__(self, name, *, base_url=None, api_key=None, timeout=120.0, connect_timeout=2.0,
-                 max_concurrent=None, **options):
+    def __init__(self, name: str, *, base_url: str | None = None, api_key: str | None = None,
+                 timeout: float = 120.0, connect_timeout: float = 2.0, max_concurrent: int | None = None,
+                 **options: Any):
         self.name = name
         self.base_url = (base_url or "").rstrip("/")
         self.api_key = api_key
@@ -22,29 +65,37 @@ class Provider:
         self.options = options
         self.in_flight = 0
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         # Never the key: reprs end up in logs.
         return f"<{type(self).__name__} {self.name} {self.base_url}>"
 
+    def scrub(self, text: Any) -> str:
+        """``text`` with the API key masked, cut to MAX_MESSAGE_CHARS: for any upstream
+        text that goes into an error message."""
+        text = str(text or "")
+        if self.api_key and self.api_key in text:
+            text = text.replace(self.api_key, "***")
+        return text[:MAX_MESSAGE_CHARS]
+
     # --- concurrency cap (SPEC §3 <PROVIDER>_MAX_CONCURRENT) ---------------------------
 
-    def try_acquire(self):
+    def try_acquire(self) -> bool:
         """Take an in-flight slot, or say the provider is saturated. Never blocks."""
         if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
             return False
         self.in_flight += 1
         return True
 
-    def release(self):
+    def release(self) -> None:
         self.in_flight -= 1
 
     # --- what adapters implement ---------------------------------------------------
 
-    async def chat(self, model, body):
+    async def chat(self, model: str, body: dict) -> dict:
         """A whole chat answer as an OpenAI ``chat.completion`` dict."""
         raise NotImplementedError
 
-    def chat_stream(self, model, body):
+    def chat_stream(self, model: str, body: dict) -> AsyncIterator[dict]:
         """An async iterator of OpenAI ``chat.completion.chunk`` dicts.
 
         Errors before the first chunk are raised from the first ``__anext__``. A final
@@ -54,33 +105,33 @@ class Provider:
         """
         raise NotImplementedError
 
-    async def embed(self, model, body):
+    async def embed(self, model: str, body: dict) -> dict:
         """An OpenAI embeddings ``list`` dict with float vectors."""
         raise NotImplementedError
 
-    async def list_models(self):
+    async def list_models(self) -> list[str]:
         """The provider's model ids (without the provider prefix)."""
         raise NotImplementedError
 
-    async def probe(self):
+    async def probe(self) -> None:
         """A cheap liveness check; returns None or raises a ProviderError."""
         raise NotImplementedError
 
-    async def supports_tools(self, model):
+    async def supports_tools(self, model: str) -> bool:
         return True
 
-    async def aclose(self):
+    async def aclose(self) -> None:
         pass
 
 
 # --- OpenAI shapes shared by the adapters that translate --------------------------------
 
 
-def new_id(prefix="chatcmpl"):
+def new_id(prefix: str = "chatcmpl") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt_tokens, completion_tokens):
+def usage(prompt_tokens: int | None, completion_tokens: int | None) -> dict:
     prompt_tokens = int(prompt_tokens or 0)
     completion_tokens = int(completion_tokens or 0)
     return {
@@ -90,7 +141,8 @@ def usage(prompt_tokens, completion_tokens):
     }
 
 
-def completion(model, message, finish_reason, usage=None, *, id=None, created=None):
+def completion(model: str, message: dict, finish_reason: str | None, usage: dict | None = None, *,
+               id: str | None = None, created: int | None = None) -> dict:
     return {
         "id": id or new_id(),
         "object": "chat.completion",
@@ -101,7 +153,7 @@ def completion(model, message, finish_reason, usage=None, *, id=None, created=No
     }
 
 
-def chunk(model, delta, finish_reason=None, *, id, created):
+def chunk(model: str, delta: dict, finish_reason: str | None = None, *, id: str, created: int) -> dict:
     return {
         "id": id,
         "object": "chat.completion.chunk",
@@ -111,12 +163,12 @@ def chunk(model, delta, finish_reason=None, *, id, created):
     }
 
 
-def usage_chunk(model, usage, *, id, created):
+def usage_chunk(model: str, usage: dict, *, id: str, created: int) -> dict:
     return {"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
             "usage": usage}
 
 
-def embeddings(model, vectors, prompt_tokens=0):
+def embeddings(model: str, vectors: list, prompt_tokens: int | None = 0) -> dict:
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)],
@@ -125,36 +177,15 @@ def embeddings(model, vectors, prompt_tokens=0):
     }
 
 
-def embedding_inputs(body):
+def embedding_inputs(body: dict) -> list[str]:
     """The embeddings ``input`` as a list of strings (token-id inputs are refused)."""
-    from manallm.errors import InvalidRequest
-
-    value = body.get("input")
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
+    items = input_strings(body)
+    if items is None:
         raise InvalidRequest("'input' must be a non-empty string or a list of strings.", param="input")
     return items
 
 
-SAMPLING_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
-
-
-def sampling(body):
-    """The OpenAI sampling fields that are set, with ``max_tokens`` (or the newer
-    ``max_completion_tokens``) and ``stop`` as a list: for adapters that translate."""
-    options = {key: body[key] for key in SAMPLING_FIELDS if body.get(key) is not None}
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    if max_tokens is not None:
-        options["max_tokens"] = max_tokens
-    stop = body.get("stop")
-    if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
-    return options
-
-
-def has_content(chunk):
+def has_content(chunk: dict) -> bool:
     """True when a chunk carries what counts as the first token: text or a tool call."""
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}

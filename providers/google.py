@@ -35,7 +35,8 @@ import httpx
 import orjson
 
 from . import base, errors, transport
-from .http import safe_url
+from .openai_request import sampling
+from .transport import safe_url
 
 logger = logging.getLogger("manallm.providers")
 
@@ -188,15 +189,9 @@ class GoogleProvider(base.Provider):
         if isinstance(exc, genai_errors.APIError):
             return self._api_error(exc)
         where = safe_url(self.base_url or "https://generativelanguage.googleapis.com")
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol,
-                            httpx.ProxyError, httpx.InvalidURL)):
-            detail = self.scrub(str(exc) or type(exc).__name__)
-            return errors.ConnectError(f"{self.name}: cannot connect to {where}: {detail}")
-        if isinstance(exc, httpx.TimeoutException):  # read / write / pool
-            return errors.Timeout(f"{self.name}: no answer from {where} in time ({type(exc).__name__})")
-        if isinstance(exc, httpx.TransportError):  # reset, incomplete chunked body, ...
-            detail = self.scrub(str(exc) or type(exc).__name__)
-            return errors.ProtocolError(f"{self.name}: connection to {where} failed: {detail} ({type(exc).__name__})")
+        mapped = transport.transport_error(exc, name=self.name, where=where, scrub=self.scrub)
+        if mapped is not None:
+            return mapped
         if isinstance(exc, genai_errors.UnknownApiResponseError):
             return errors.ProtocolError(f"{self.name}: malformed answer from {where}")
         try:
@@ -249,7 +244,7 @@ class GoogleProvider(base.Provider):
         config = {"automatic_function_calling": types.AutomaticFunctionCallingConfig(disable=True)}
         if system:
             config["system_instruction"] = system
-        options = base.sampling(body)
+        options = sampling(body)
         if "max_tokens" in options:
             options["max_output_tokens"] = options.pop("max_tokens")
         if "stop" in options:

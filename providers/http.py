@@ -1,34 +1,32 @@
 """The HTTP half every HTTP adapter shares: one pooled httpx client per provider, and the
-one place where transport failures and error answers become ``providers.errors``.
+place where error answers become ``providers.errors`` (transport failures are mapped by
+``transport.transport_error``'s table).
 
-The client is created lazily on first use, inside the running event loop (an
-``httpx.AsyncClient``'s connections belong to the loop that opened them); if the
-provider is later used from another loop (tests, a management command) a fresh client is
-made for that loop. The API key only ever lives in the client's default headers, whose
-repr httpx masks; every message built here is scrubbed of it as well.
+The API key only ever lives in the client's default headers, whose repr httpx masks;
+every message built here is scrubbed of it as well.
 """
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import logging
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import orjson
 
 from . import errors, transport
-from .base import Provider
+from .base import MAX_MESSAGE_CHARS, Provider
+from .transport import CAUGHT, ClientHolder, safe_url
 
 logger = logging.getLogger("manallm.providers")
-
-MAX_MESSAGE_CHARS = 1000
 
 # After a stream's end marker, how long to wait for the body's end (for keep-alive reuse).
 DRAIN_TIMEOUT = 1.0
 
-LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
 
-
-def _request_options(json, timeout):
+def _request_options(json: Any, timeout: Any) -> dict:
     """httpx keyword arguments for a JSON body (orjson-encoded) and a per-call timeout."""
     options = {}
     if json is not None:
@@ -39,29 +37,15 @@ def _request_options(json, timeout):
     return options
 
 
-def safe_url(url):
-    """The URL without any user:password part (for messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
-
-
-def dumps(value):
+def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def loads(data):
+def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-def error_details(content):
+def error_details(content: Any) -> tuple[str, str | None]:
     """(message, code) from an error answer's body.
 
     Understands the OpenAI envelope ``{"error": {"message", "code", "type"}}`` (also with a
@@ -97,7 +81,7 @@ def error_details(content):
     return (message or "").strip()[:MAX_MESSAGE_CHARS], code
 
 
-def payload_error(payload, *, scrub=str):
+def payload_error(payload: Any, *, scrub: Callable[[str], str] = str) -> errors.ProviderError:
     """The taxonomy error for an error carried inside a 200 answer or a stream event.
 
     A numeric ``code`` in the 4xx/5xx range is read as an HTTP status; otherwise a
@@ -122,75 +106,46 @@ def payload_error(payload, *, scrub=str):
 class HTTPProvider(Provider):
     """A Provider that talks HTTP through one pooled, keep-alive ``httpx.AsyncClient``."""
 
-    def __init__(self, name, **kwargs):
+    def __init__(self, name: str, **kwargs: Any):
         super().__init__(name, **kwargs)
-        self._client = None
-        self._client_loop = None
+        self._clients = ClientHolder(name, self._new_client, httpx.AsyncClient.aclose, lambda c: c.is_closed)
 
     # --- the client ------------------------------------------------------------------
 
-    def default_headers(self):
+    def default_headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "manallm"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _new_client(self):
-        return transport.client(timeout=self.timeout, connect_timeout=self.connect_timeout, limits=LIMITS,
+    def _new_client(self) -> httpx.AsyncClient:
+        return transport.client(timeout=self.timeout, connect_timeout=self.connect_timeout,
                                 headers=self.default_headers(), follow_redirects=False)
 
     @property
-    def client(self):
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            if self._client is not None and not self._client.is_closed:
-                logger.debug("%s: new HTTP client for a new event loop", self.name)
-            self._client = self._new_client()
-            self._client_loop = loop
-        return self._client
+    def client(self) -> httpx.AsyncClient:
+        return self._clients.get()
 
-    async def aclose(self):
-        client, self._client = self._client, None
-        loop, self._client_loop = self._client_loop, None
-        if client is None or client.is_closed:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            await client.aclose()
+    async def aclose(self) -> None:
+        await self._clients.aclose()
 
-    def url(self, path):
+    def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
     # --- failures ----------------------------------------------------------------------
 
-    def scrub(self, text):
-        text = str(text)
-        if self.api_key and self.api_key in text:
-            text = text.replace(self.api_key, "***")
-        return text
-
-    def transport_error(self, exc):
-        """The taxonomy class for an httpx transport exception."""
-        where = safe_url(self.base_url)
-        detail = self.scrub(str(exc) or type(exc).__name__)
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol,
-                            httpx.ProxyError, httpx.InvalidURL)):
-            return errors.ConnectError(f"{self.name}: cannot connect to {where}: {detail}")
-        if isinstance(exc, httpx.TimeoutException):  # read / write / pool
-            return errors.Timeout(f"{self.name}: no answer from {where} in time ({type(exc).__name__})")
-        return errors.ProtocolError(f"{self.name}: connection to {where} failed: {detail} ({type(exc).__name__})")
+    def transport_error(self, exc: BaseException) -> errors.ProviderError:
+        """The taxonomy error for a transport exception (``transport.TRANSPORT_ERRORS``)."""
+        return transport.transport_error(exc, name=self.name, where=safe_url(self.base_url), scrub=self.scrub)
 
     @contextlib.contextmanager
     def transport_errors(self):
         try:
             yield
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
+        except CAUGHT as exc:
             raise self.transport_error(exc) from None
 
-    def response_error(self, response, content):
+    def response_error(self, response: httpx.Response, content: bytes) -> errors.ProviderError:
         """``errors.from_status`` for a non-2xx answer whose body has been read."""
         message, code = error_details(content)
         message = self.scrub(message or response.reason_phrase or "error")
@@ -199,7 +154,7 @@ class HTTPProvider(Provider):
             response.status_code, f"{self.name}: {message}", code=code, retry_after=retry_after
         )
 
-    def payload_error(self, payload):
+    def payload_error(self, payload: Any) -> errors.ProviderError:
         error = payload_error(payload, scrub=self.scrub)
         error.message = f"{self.name}: {error.message}"
         error.args = (error.message,)
@@ -207,7 +162,7 @@ class HTTPProvider(Provider):
 
     # --- requests ----------------------------------------------------------------------
 
-    async def request_json(self, method, path, json=None, *, timeout=None):
+    async def request_json(self, method: str, path: str, json: Any = None, *, timeout: Any = None) -> Any:
         """One request; the decoded JSON answer, or a taxonomy error."""
         kwargs = _request_options(json, timeout)
         with self.transport_errors():
@@ -222,7 +177,8 @@ class HTTPProvider(Provider):
             ) from None
 
     @contextlib.asynccontextmanager
-    async def stream(self, method, path, json=None, *, timeout=None):
+    async def stream(self, method: str, path: str, json: Any = None, *,
+                     timeout: Any = None) -> AsyncIterator[httpx.Response]:
         """A streamed request: yields the 2xx response, its body still unread.
 
         A non-2xx answer raises its taxonomy error; transport failures while the caller
@@ -236,16 +192,16 @@ class HTTPProvider(Provider):
                 if not response.is_success:
                     raise self.response_error(response, await response.aread())
                 yield response
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
+        except CAUGHT as exc:
             raise self.transport_error(exc) from None
 
-    async def check(self, method, path, *, timeout=None):
+    async def check(self, method: str, path: str, *, timeout: Any = None) -> None:
         """A status-only request (probes): reads no body, raises on any failure."""
         async with self.stream(method, path, timeout=timeout):
             pass
 
 
-async def drain(iterator, timeout=DRAIN_TIMEOUT):
+async def drain(iterator: AsyncIterator, timeout: float = DRAIN_TIMEOUT) -> None:
     """Read what is left of a streamed body after its end marker (``iterator`` is the one
     reading it), so the connection goes back to the pool for reuse; an upstream that keeps
     the body open longer than ``timeout`` just has its connection closed."""
@@ -253,17 +209,17 @@ async def drain(iterator, timeout=DRAIN_TIMEOUT):
         async with asyncio.timeout(timeout):
             async for _ in iterator:
                 pass
-    except (TimeoutError, httpx.HTTPError, httpx.StreamError):
+    except (TimeoutError, httpx.HTTPError, httpx.StreamError, *CAUGHT):
         pass
 
 
-async def aiter_lines(response):
+async def aiter_lines(response: httpx.Response) -> AsyncIterator[str]:
     """The body's lines (any line ending), transport errors left to ``stream()``."""
     async for line in response.aiter_lines():
         yield line
 
 
-async def sse_data(lines):
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
     """The ``data`` payloads of a server-sent-events stream, one string per event.
 
     Comments (``: keep-alive``) and other fields are ignored; multi-line ``data`` fields

@@ -5,11 +5,14 @@ Structured-output answers wrapped in a Markdown code fence are unwrapped for pla
 (non-streamed) calls; streamed text is passed on as it comes (a fence split across
 chunks cannot be removed without buffering the whole answer).
 """
+from __future__ import annotations
+
 import contextlib
 import logging
 import re
 import time
-import uuid
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import httpx
 import orjson
@@ -17,6 +20,8 @@ from django.conf import settings
 
 from . import base, errors
 from .http import HTTPProvider, aiter_lines, drain, loads
+from .openai_request import (content_parts, data_url, decode_arguments, image_url, is_text, sampling,
+                             structured_output, tool_call)
 
 logger = logging.getLogger("manallm.providers")
 
@@ -25,7 +30,7 @@ SHOW_TIMEOUT = 10.0
 _FENCE = re.compile(r"\A\s*```[A-Za-z0-9_-]*[ \t]*\r?\n?(.*?)\r?\n?[ \t]*```\s*\Z", re.DOTALL)
 
 
-def strip_fence(text):
+def strip_fence(text: str) -> str:
     """``text`` without a Markdown code fence around the whole of it."""
     if not text or "```" not in text:
         return text
@@ -33,79 +38,46 @@ def strip_fence(text):
     return match.group(1).strip() if match else text
 
 
-def new_call_id():
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-def tool_family_match(model, families):
+def tool_family_match(model: str, families: Iterable[str]) -> bool:
     """Whether the model's base name (before ':', without a namespace) is a listed family."""
     name = model.split(":", 1)[0].rsplit("/", 1)[-1].lower()
     return any(family and name.startswith(family.lower()) for family in families)
 
 
-def wants_structured(body):
-    response_format = body.get("response_format")
-    return isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
-
-
 # --- request translation ----------------------------------------------------------------
 
 
-def _image_data(part, name):
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
+def _image_data(part: dict, name: str) -> str:
+    url = image_url(part)
     if not isinstance(url, str) or not url:
         raise errors.CapabilityError(f"{name}: an image_url part has no URL.")
     if url.startswith("data:"):
-        header, sep, data = url.partition(",")
-        if sep and header.lower().startswith("data:image/") and header.lower().endswith(";base64") and data:
-            return data
+        parsed = data_url(url)
+        if parsed and parsed.mime.lower().startswith("image/") and parsed.base64 and parsed.payload:
+            return parsed.payload
         raise errors.CapabilityError(f"{name}: image data URLs must be base64-encoded images (data:image/...;base64,...).")
     raise errors.CapabilityError(
         f"{name}: Ollama cannot fetch remote images; send the image inline as a data:image/...;base64 URL."
     )
 
 
-def _content(content, name):
+def _content(content: Any, name: str) -> tuple[str, list[str]]:
     """(text, images) from an OpenAI message content (a string or a list of parts)."""
-    if content is None:
-        return "", []
     if isinstance(content, str):
         return content, []
-    if not isinstance(content, list):
-        return str(content), []
     texts, images = [], []
-    for part in content:
-        if isinstance(part, str):
-            texts.append(part)
-            continue
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        if kind in ("text", "input_text"):
+    for part in content_parts(content):
+        if is_text(part):
             texts.append(part.get("text") or "")
-        elif kind == "image_url":
+        elif part.get("type") == "image_url":
             images.append(_image_data(part, name))
         else:
-            raise errors.CapabilityError(f"{name}: message content of type {kind!r} is not supported by Ollama.")
+            raise errors.CapabilityError(
+                f"{name}: message content of type {part.get('type')!r} is not supported by Ollama.")
     return "\n".join(texts), images
 
 
-def _arguments(value):
-    if isinstance(value, dict):
-        return value
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return {}
-    if isinstance(value, str):
-        try:
-            parsed = loads(value)
-        except orjson.JSONDecodeError:
-            return value  # let Ollama judge it
-        return parsed
-    return value
-
-
-def translate_messages(messages, name):
+def translate_messages(messages: Any, name: str) -> list[dict]:
     out = []
     tool_names = {}
     for message in messages or ():
@@ -124,7 +96,7 @@ def translate_messages(messages, name):
                 function = (call or {}).get("function") or {}
                 if call.get("id") and function.get("name"):
                     tool_names[call["id"]] = function["name"]
-                calls.append({"function": {"name": function.get("name"), "arguments": _arguments(function.get("arguments"))}})
+                calls.append({"function": {"name": function.get("name"), "arguments": decode_arguments(function.get("arguments"))}})
             item["tool_calls"] = calls
         if role == "tool":
             tool_name = message.get("name") or tool_names.get(message.get("tool_call_id"))
@@ -136,20 +108,15 @@ def translate_messages(messages, name):
     return out
 
 
-def translate_request(model, body, *, stream, name="ollama"):
+def translate_request(model: str, body: dict, *, stream: bool, name: str = "ollama") -> dict:
     payload = {"model": model, "messages": translate_messages(body.get("messages"), name), "stream": stream}
     tools = body.get("tools")
     if tools and body.get("tool_choice") != "none":
         payload["tools"] = tools
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict):
-        kind = response_format.get("type")
-        if kind == "json_object":
-            payload["format"] = "json"
-        elif kind == "json_schema":
-            schema = (response_format.get("json_schema") or {}).get("schema")
-            payload["format"] = schema if isinstance(schema, dict) else "json"
-    options = base.sampling(body)
+    structured = structured_output(body)
+    if structured is not None:
+        payload["format"] = structured[1] or "json"
+    options = sampling(body)
     if "max_tokens" in options:
         options["num_predict"] = options.pop("max_tokens")
     if options:
@@ -160,27 +127,20 @@ def translate_request(model, body, *, stream, name="ollama"):
 # --- answer translation -----------------------------------------------------------------
 
 
-def openai_tool_calls(calls, start=0, *, with_index=False):
+def openai_tool_calls(calls: Any, start: int = 0, *, with_index: bool = False) -> list[dict]:
     out = []
     for offset, call in enumerate(calls or ()):
         if not isinstance(call, dict):
             continue
         function = call.get("function") or {}
-        arguments = function.get("arguments")
-        if not isinstance(arguments, str):
-            arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
-        item = {
-            "id": call.get("id") or new_call_id(),
-            "type": "function",
-            "function": {"name": function.get("name"), "arguments": arguments},
-        }
+        item = tool_call(function.get("name"), function.get("arguments"), call.get("id"))
         if with_index:
             item = {"index": start + offset, **item}
         out.append(item)
     return out
 
 
-def finish_reason(done_reason, had_tool_calls):
+def finish_reason(done_reason: str | None, had_tool_calls: bool) -> str:
     if had_tool_calls:
         return "tool_calls"
     return "length" if done_reason == "length" else "stop"
@@ -189,11 +149,11 @@ def finish_reason(done_reason, had_tool_calls):
 class OllamaProvider(HTTPProvider):
     kind = "ollama"
 
-    def __init__(self, name, **kwargs):
+    def __init__(self, name: str, **kwargs: Any):
         super().__init__(name, **kwargs)
-        self._tools_cache = {}
+        self._tools_cache: dict[str, bool] = {}
 
-    async def chat(self, model, body):
+    async def chat(self, model: str, body: dict) -> dict:
         payload = translate_request(model, body, stream=False, name=self.name)
         answer = await self.request_json("POST", "/api/chat", payload)
         if not isinstance(answer, dict):
@@ -204,7 +164,7 @@ class OllamaProvider(HTTPProvider):
         if not isinstance(message, dict):
             raise errors.ProtocolError(f"{self.name}: the chat answer has no 'message'")
         content = message.get("content") or ""
-        if wants_structured(body):
+        if structured_output(body):
             content = strip_fence(content)
         calls = openai_tool_calls(message.get("tool_calls"))
         out = {"role": "assistant", "content": content if (content or not calls) else None}
@@ -217,7 +177,7 @@ class OllamaProvider(HTTPProvider):
             base.usage(answer.get("prompt_eval_count"), answer.get("eval_count")),
         )
 
-    async def chat_stream(self, model, body):
+    async def chat_stream(self, model: str, body: dict) -> AsyncIterator[dict]:
         payload = translate_request(model, body, stream=True, name=self.name)
         chunk_id, created = base.new_id(), int(time.time())
         role_sent = False
@@ -261,7 +221,7 @@ class OllamaProvider(HTTPProvider):
                     yield base.usage_chunk(model, usage, id=chunk_id, created=created)
                     return
 
-    async def embed(self, model, body):
+    async def embed(self, model: str, body: dict) -> dict:
         inputs = base.embedding_inputs(body)
         payload = {"model": model, "input": inputs}
         if body.get("dimensions"):
@@ -274,7 +234,7 @@ class OllamaProvider(HTTPProvider):
             raise errors.ProtocolError(f"{self.name}: the embed answer does not hold one vector per input")
         return base.embeddings(model, vectors, answer.get("prompt_eval_count"))
 
-    async def list_models(self):
+    async def list_models(self) -> list[str]:
         answer = await self.request_json("GET", "/api/tags")
         models = answer.get("models") if isinstance(answer, dict) else None
         if not isinstance(models, list):
@@ -287,10 +247,10 @@ class OllamaProvider(HTTPProvider):
                     names.append(name)
         return names
 
-    async def probe(self):
+    async def probe(self) -> None:
         await self.check("GET", "/api/tags")
 
-    async def capabilities(self, model):
+    async def capabilities(self, model: str) -> list[str] | None:
         """The model's capabilities from /api/show, or None when the answer has none."""
         answer = await self.request_json(
             "POST", "/api/show", {"model": model},
@@ -299,7 +259,7 @@ class OllamaProvider(HTTPProvider):
         capabilities = answer.get("capabilities") if isinstance(answer, dict) else None
         return capabilities if isinstance(capabilities, list) else None
 
-    async def supports_tools(self, model):
+    async def supports_tools(self, model: str) -> bool:
         cached = self._tools_cache.get(model)
         if cached is not None:
             return cached

@@ -3,8 +3,12 @@
 Built lazily from ``settings.PROVIDERS`` on first use, inside the serving event loop,
 because an httpx.AsyncClient belongs to the loop that first uses it.
 """
+from __future__ import annotations
+
 from django.conf import settings
 from django.utils.module_loading import import_string
+
+from .base import Provider
 
 ADAPTERS = {
     "ollama": "providers.ollama.OllamaProvider",
@@ -12,10 +16,10 @@ ADAPTERS = {
     "google": "providers.google.GoogleProvider",
 }
 
-_providers = None
+_providers: dict[str, Provider] | None = None
 
 
-def configured():
+def configured() -> dict[str, Provider]:
     """name -> Provider for every provider configured in the environment."""
     global _providers
     if _providers is None:
@@ -23,24 +27,24 @@ def configured():
     return _providers
 
 
-def get(name):
+def get(name: str) -> Provider | None:
     return configured().get(name)
 
 
-def build(name, config):
+def build(name: str, config: dict) -> Provider:
     config = dict(config)
     adapter = import_string(ADAPTERS[config.pop("kind")])
     return adapter(name, connect_timeout=settings.CONNECT_TIMEOUT, **config)
 
 
-async def aclose_all():
+async def aclose_all() -> None:
     global _providers
     providers, _providers = _providers, None
     for provider in (providers or {}).values():
         await provider.aclose()
 
 
-def reset():
+def reset() -> None:
     """Forget the adapters (tests changing settings, or a new event loop)."""
     global _providers
     _providers = None
