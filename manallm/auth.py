@@ -1,10 +1,19 @@
-"""Client and admin keys (SPEC §3): Bearer or X-API-Key, compared in constant time."""
+"""Client and admin keys (SPEC §3): Bearer or X-API-Key, compared in constant time.
+
+The plain /v1 views see only ClientKeyMiddleware's check; the DRF management API adds
+``StaffSession`` and ``ManagementAccess`` (who may write, and the CSRF rule for sessions).
+"""
 import hmac
 
 from django.conf import settings
+from django.http import HttpRequest
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+
+from .errors import AuthenticationFailed, PermissionDenied
 
 
-def presented_key(request):
+def presented_key(request: HttpRequest) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -20,18 +29,18 @@ def _matches(key, candidates):
     return found
 
 
-def is_admin_key(key):
+def is_admin_key(key: str | None) -> bool:
     return bool(key and settings.MANA_LLM_ADMIN_KEY and _matches(key, [settings.MANA_LLM_ADMIN_KEY]))
 
 
-def has_client_access(request):
+def has_client_access(request: HttpRequest) -> bool:
     key = presented_key(request)
     if key and (_matches(key, settings.MANA_LLM_API_KEYS) or is_admin_key(key)):
         return True
     return _is_staff_session(request)
 
 
-def has_admin_access(request):
+def has_admin_access(request: HttpRequest) -> bool:
     """Management writes: the admin key, or a staff session from the admin login."""
     return is_admin_key(presented_key(request)) or _is_staff_session(request)
 
@@ -42,7 +51,7 @@ def _is_staff_session(request):
     return bool(user is not None and user.is_active and user.is_staff)
 
 
-def management_access(request):
+def management_access(request: HttpRequest) -> str | None:
     """'admin', 'client' or None: who is asking for a management write.
 
     With no keys configured at all the gateway is open, management included.
@@ -57,12 +66,38 @@ def management_access(request):
     return None
 
 
-def require_admin(request):
+def require_admin(request: HttpRequest) -> None:
     """Raise the SPEC §5 error for a management write: 401 without a key, 403 with a client key."""
-    from .errors import AuthenticationFailed, PermissionDenied
-
     access = management_access(request)
     if access == "client":
         raise PermissionDenied("This call needs the admin key (MANA_LLM_ADMIN_KEY); a client key is not enough.")
     if access is None:
         raise AuthenticationFailed("This call needs the admin key: send 'Authorization: Bearer <admin key>'.")
+
+
+class StaffSession(SessionAuthentication):
+    """The admin's logged-in session, for the management API.
+
+    Keeps the user Django's session middleware found (with no authenticator DRF would
+    set it to None and staff sessions could never write). A staff session is ambient
+    authority a forged cross-site request would carry, so it must bring the CSRF token,
+    unless the admin key is presented too (a key is never sent by the browser on its own).
+    """
+
+    def authenticate(self, request):
+        user = getattr(request._request, "user", None)
+        if user is None or not user.is_authenticated:
+            return None
+        if _is_staff_session(request._request) and not is_admin_key(presented_key(request._request)):
+            self.enforce_csrf(request)  # lets safe methods through
+        return (user, None)
+
+
+class ManagementAccess(BasePermission):
+    """Reads are open to whoever passed ClientKeyMiddleware; writes need require_admin's
+    access (the admin key, a staff session, or a gateway with no keys at all)."""
+
+    def has_permission(self, request, view) -> bool:
+        if request.method not in SAFE_METHODS:
+            require_admin(request._request)
+        return True

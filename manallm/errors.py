@@ -1,8 +1,14 @@
-"""The OpenAI error envelope, shared by every view, the router and every adapter."""
+"""The OpenAI error envelope, shared by every view, the router and every adapter.
+
+Plain views return ``error.response()``; DRF views raise and ``drf_exception_handler``
+(settings.REST_FRAMEWORK) renders the same body.
+"""
 import logging
 
 import orjson
 from django.http import HttpResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
 
 logger = logging.getLogger("manallm")
 
@@ -83,35 +89,42 @@ def server_error(request_id):
     return APIError(f"Internal server error (request id {request_id}).", code="internal_error")
 
 
-def drf_exception_handler(exc, context):
-    """DRF views answer in the same envelope as the rest of /v1."""
-    from rest_framework import exceptions as drf
-
-    if isinstance(exc, APIError):
-        return _drf_response(exc)
+def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: the management API answers in the same envelope as the rest
+    of /v1. Anything else returns None: DRF re-raises it and handler500 answers."""
     if isinstance(exc, drf.ValidationError):
-        return _drf_response(validation_error(exc.detail))
-    if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
-        return _drf_response(AuthenticationFailed(str(exc.detail)))
-    if isinstance(exc, drf.PermissionDenied):
-        return _drf_response(PermissionDenied(str(exc.detail)))
-    if isinstance(exc, drf.ParseError):
-        return _drf_response(InvalidRequest(str(exc.detail), code="invalid_json"))
-    if isinstance(exc, drf.UnsupportedMediaType):
-        return _drf_response(InvalidRequest(str(exc.detail), status=415, code="unsupported_media_type"))
-    if isinstance(exc, drf.MethodNotAllowed):
-        return _drf_response(MethodNotAllowed(str(exc.detail)))
-    if isinstance(exc, drf.NotFound):
-        return _drf_response(NotFound(str(exc.detail)))
-    if isinstance(exc, drf.APIException):
-        return _drf_response(APIError(str(exc.detail), status=exc.status_code, type="invalid_request_error"))
+        exc = validation_error(exc.detail)
+    elif isinstance(exc, drf.APIException):
+        error_class, options = next((mapped for drf_class, *mapped in _DRF_ERRORS if isinstance(exc, drf_class)),
+                                    (APIError, {"type": "invalid_request_error", "status": exc.status_code}))
+        exc = error_class(str(exc.detail), **options)
+    if isinstance(exc, APIError):
+        return Response(exc.body(), status=exc.status, headers=exc.headers)
     return None
 
 
-def validation_error(detail):
-    """Turn a field -> messages mapping into one 400 naming the first bad field."""
+# DRF's exceptions as the error classes above (the first match wins).
+_DRF_ERRORS = (
+    (drf.NotAuthenticated | drf.AuthenticationFailed, AuthenticationFailed, {}),
+    (drf.PermissionDenied, PermissionDenied, {}),
+    (drf.ParseError, InvalidRequest, {"code": "invalid_json"}),
+    (drf.UnsupportedMediaType, InvalidRequest, {"status": 415, "code": "unsupported_media_type"}),
+    (drf.MethodNotAllowed, MethodNotAllowed, {}),
+    (drf.NotFound, NotFound, {}),
+)
+
+
+def validation_error(detail) -> InvalidRequest:
+    """Turn a serializer's field -> messages mapping into one 400 naming the first bad field.
+
+    The message names the field unless it already does (routing.validators' messages
+    name the alias and the field); the code is the error's own unless DRF's generic one.
+    """
     param, message = _first_error(detail)
-    return InvalidRequest(f"{param}: {message}" if param else message, param=param, code="invalid_value")
+    code = getattr(message, "code", None)
+    if param and param not in message:
+        message = f"{param}: {message}"
+    return InvalidRequest(str(message), param=param, code=code if code not in (None, "invalid") else "invalid_value")
 
 
 def _first_error(detail, prefix=None):
@@ -121,10 +134,4 @@ def _first_error(detail, prefix=None):
             return _first_error(value, name or prefix)
     if isinstance(detail, list) and detail:
         return _first_error(detail[0], prefix)
-    return prefix, str(detail)
-
-
-def _drf_response(error):
-    from rest_framework.response import Response
-
-    return Response(error.body(), status=error.status, headers=error.headers)
+    return prefix, detail

@@ -1,52 +1,19 @@
 """The alias management API (SPEC §5): GET /v1/aliases, GET/PUT/DELETE /v1/aliases/<name>.
 
-Reads answer from the database (the source of truth for writers); writes need the admin
-key or a staff session and go through the same validator as the YAML import.
+DRF as DRF: a ViewSet on a router, AliasSerializer for validation and representation,
+manallm.auth for who may write, manallm.errors.drf_exception_handler for the envelope.
+Reads answer from the database (the source of truth for writers), not the in-memory table.
 """
-from django.db import transaction
-from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework import status, viewsets
 from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from manallm import auth
+from manallm.auth import ManagementAccess, StaffSession
 from manallm.errors import InvalidRequest, ModelNotFound
 
-from .models import Alias
-from .validators import AliasError, validate_alias
-
-
-def alias_data(alias):
-    return {"name": alias.name, "description": alias.description,
-            "chain": [entry.target for entry in alias.entries.all()]}
-
-
-def get_alias(name):
-    try:
-        return Alias.objects.prefetch_related("entries").get(name=name)
-    except Alias.DoesNotExist:
-        raise ModelNotFound(f"Unknown alias {name!r}.", param="name") from None
-
-
-def check_write(request):
-    auth.require_admin(request._request)
-    if not auth.is_admin_key(auth.presented_key(request._request)) and auth.has_admin_access(request._request):
-        # A browser session, not a key: it must carry the CSRF token.
-        SessionAuthentication().enforce_csrf(request)
-
-
-def invalid(exc: AliasError):
-    return InvalidRequest(str(exc), param=exc.field, code="invalid_alias")
-
-
-class DjangoSessionUser(BaseAuthentication):
-    """Keep the user Django's session middleware found: with no authenticator DRF would
-    set request._request.user to None and staff sessions could never write. No CSRF
-    check here: check_write enforces it for session writes only."""
-
-    def authenticate(self, request):
-        user = getattr(request._request, "user", None)
-        return (user, None) if user is not None and user.is_authenticated else None
+from .models import Alias, DefaultAliasProtected
+from .serializers import AliasSerializer
 
 
 class AnyTypeJSONParser(JSONParser):
@@ -56,47 +23,38 @@ class AnyTypeJSONParser(JSONParser):
     media_type = "*/*"
 
 
-class AliasListView(APIView):
-    authentication_classes = [DjangoSessionUser]
+class AliasViewSet(viewsets.ViewSet):
+    authentication_classes = [StaffSession]
+    permission_classes = [ManagementAccess]
+    parser_classes = [AnyTypeJSONParser]
+    lookup_field = "name"
+    lookup_value_regex = ".+"  # names hold a slash: mana/x (or mana%2Fx, decoded by the server)
 
-    def get(self, request):
+    def get_object(self, name: str) -> Alias:
+        try:
+            return Alias.objects.prefetch_related("entries").get(name=name)
+        except Alias.DoesNotExist:
+            raise ModelNotFound(f"Unknown alias {name!r}.", param="name") from None
+
+    def list(self, request: Request) -> Response:
         aliases = Alias.objects.prefetch_related("entries")
         default = next((alias.name for alias in aliases if alias.is_default), None)
-        return Response({"default": default, "aliases": [alias_data(alias) for alias in aliases]})
+        return Response({"default": default, "aliases": AliasSerializer(aliases, many=True).data})
 
+    def retrieve(self, request: Request, name: str) -> Response:
+        return Response(AliasSerializer(self.get_object(name)).data)
 
-class AliasDetailView(APIView):
-    authentication_classes = [DjangoSessionUser]
-    parser_classes = [AnyTypeJSONParser]
+    def update(self, request: Request, name: str) -> Response:
+        """PUT creates or replaces the alias whole (201 or 200)."""
+        serializer = AliasSerializer(data=request.data, context={"name": name})
+        serializer.is_valid(raise_exception=True)
+        serializer.save()
+        status_code = status.HTTP_201_CREATED if serializer.created else status.HTTP_200_OK
+        return Response(serializer.data, status=status_code)
 
-    def get(self, request, name):
-        return Response(alias_data(get_alias(name)))
-
-    def put(self, request, name):
-        check_write(request)
-        body = request.data
-        if not isinstance(body, dict):
-            raise InvalidRequest("The body must be a JSON object with 'description' and 'chain'.", param="body")
-        make_default = body.get("default", False)
-        if not isinstance(make_default, bool):
-            raise InvalidRequest("'default' must be true or false.", param="default")
+    def destroy(self, request: Request, name: str) -> Response:
         try:
-            spec = validate_alias(name, {key: value for key, value in body.items() if key != "default"})
-        except AliasError as exc:
-            raise invalid(exc) from exc
-        with transaction.atomic():
-            alias, created = Alias.objects.update_or_create(name=spec.name, defaults={"description": spec.description})
-            alias.set_chain(spec.chain)
-            if make_default and not alias.is_default:
-                alias.is_default = True
-                alias.save()
-        return Response(alias_data(get_alias(name)), status=201 if created else 200)
-
-    def delete(self, request, name):
-        check_write(request)
-        alias = get_alias(name)
-        if alias.is_default:
-            raise InvalidRequest(f"{name!r} is the default alias; make another alias the default first.",
-                                 param="name", code="default_alias")
-        alias.delete()
-        return Response(status=204)
+            self.get_object(name).delete()
+        except DefaultAliasProtected as exc:
+            raise InvalidRequest(str(exc), param=exc.field, code=exc.code) from exc
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,48 @@
+"""The alias management API's representation and validation (SPEC §5).
+
+Validation is routing.validators' (the one validator the YAML import and the admin use
+too); the write is the model layer's ``Alias.objects.put``.
+"""
+from rest_framework import serializers
+
+from .models import Alias
+from .validators import AliasError, validate_alias
+
+
+class AliasSerializer(serializers.Serializer):
+    """``{"name", "description", "chain": [targets]}`` out; ``{"description", "chain",
+    "default"?}`` in, the name coming from the URL (``context["name"]``).
+
+    No declared fields: the chain's entries are strings or mappings, which
+    validate_alias already checks with messages naming the alias and the field.
+    """
+
+    def to_representation(self, alias: Alias) -> dict:
+        return {"name": alias.name, "description": alias.description,
+                "chain": [entry.target for entry in alias.entries.all()]}
+
+    created = False  # set by save(): whether the PUT made a new alias
+
+    def run_validation(self, data=serializers.empty) -> dict:
+        # Before DRF's own empty-value check, so that a JSON null gets the same answer as
+        # any other body that is not an object.
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"body": ["The body must be a JSON object with 'description' and 'chain'."]})
+        return super().run_validation(data)
+
+    def to_internal_value(self, data: dict) -> dict:
+        make_default = data.get("default", False)
+        if not isinstance(make_default, bool):
+            raise serializers.ValidationError({"default": ["'default' must be true or false."]})
+        body = {key: value for key, value in data.items() if key != "default"}
+        try:
+            spec = validate_alias(self.context["name"], body)
+        except AliasError as exc:
+            raise serializers.ValidationError({exc.field or "body": [str(exc)]}, code="invalid_alias") from exc
+        return {"spec": spec, "default": make_default}
+
+    def create(self, validated_data: dict) -> Alias:
+        """Create or replace (PUT): the model layer's one alias write."""
+        alias, self.created = Alias.objects.put(validated_data["spec"], default=validated_data["default"])
+        return alias
