@@ -3,6 +3,7 @@ requests, reading answers and checking errors. One place for each, so a test mod
 never imports from another test module (the gateway process harness is tests/server.py).
 """
 import asyncio
+import inspect
 import json
 import socket
 import time
@@ -42,10 +43,13 @@ def wait_for(predicate, timeout=5.0, interval=0.02):
 
 
 async def eventually(predicate, timeout=3.0, interval=0.02):
-    """``wait_for`` for async tests: polls without blocking the event loop."""
+    """``wait_for`` for async tests: polls without blocking the event loop; ``predicate``
+    may be a coroutine function (a request to the app under test)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(interval)

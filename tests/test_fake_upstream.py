@@ -7,14 +7,13 @@ import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from fixtures.fake_upstream import embedding_vector
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import wait_for
+from tests.server import ROOT
 
 
 @pytest.fixture
@@ -25,15 +24,6 @@ def client(fake):
 
 def sse_data(text):
     return [line[6:].rstrip("\r") for line in text.split("\n") if line.startswith("data: ")]
-
-
-def wait_for(pred, timeout=3.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def oa_chat(client, upstream="openrouter", model="anthropic/claude-3-haiku", **kw):

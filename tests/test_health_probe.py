@@ -3,24 +3,17 @@ port, on a temporary SQLite file; plus the probe loop in-process."""
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import unused_port, wait_for
+from tests.server import ROOT
+
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
-
-
-def dead_url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"  # nothing listens there: connection refused
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +63,7 @@ def test_once_against_live_and_dead_upstreams(db, fake):
     assert ok["consecutive_failures"] == 0 and ok["unhealthy_until"] is None
     assert ok["last_check"] >= started - 1  # a success is recorded (last_check) too
 
-    down = dead_url()
+    down = f"http://127.0.0.1:{unused_port()}"  # nothing listens there: connection refused
     done = probe_once(db, down)
     assert done.returncode == 0, done.stderr  # a failing probe is not a failing command
     assert done.stdout.startswith("ollama: failed") and "connect_error" in done.stdout
@@ -104,15 +97,6 @@ def test_probe_success_leaves_deployment_breakers_alone(db, fake):
     assert row(db)["consecutive_failures"] == 0
 
 
-def wait_until(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_loop_survives_a_hanging_probe_and_stops_on_sigterm(db, fake):
     fake.fault("ollama", "*", hang=True)
     proc = subprocess.Popen([*MANAGE, "probe_providers", "--interval", "0.2", "--timeout", "0.5"],
@@ -120,10 +104,10 @@ def test_loop_survives_a_hanging_probe_and_stops_on_sigterm(db, fake):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # two hanging probes in a row: each times out, the loop goes on and the breaker trips
-        assert wait_until(lambda: (row(db) or {}).get("unhealthy_until") is not None, 15), "breaker never tripped"
+        assert wait_for(lambda: (row(db) or {}).get("unhealthy_until") is not None, 15), "breaker never tripped"
         assert "timeout" in row(db)["last_error"]
         fake.clear()  # the upstream answers again: the loop is still alive and closes the breaker
-        assert wait_until(lambda: (row(db) or {}).get("consecutive_failures") == 0, 10), "loop stopped probing"
+        assert wait_for(lambda: (row(db) or {}).get("consecutive_failures") == 0, 10), "loop stopped probing"
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=5)
@@ -142,7 +126,7 @@ def test_sigterm_during_a_hanging_tick(db, fake):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stats_key = "ollama/*"
-        assert wait_until(lambda: fake.stats().get("requests", {}).get(stats_key, 0) >= 1, 15), fake.stats()
+        assert wait_for(lambda: fake.stats().get("requests", {}).get(stats_key, 0) >= 1, 15), fake.stats()
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=5)
