@@ -6,7 +6,7 @@ import time
 import httpx
 import yaml
 
-from tests.server import wait_for
+from tests.helpers import wait_for
 
 ADMIN = {"Authorization": "Bearer admin-key"}
 CLIENT = {"Authorization": "Bearer client-key"}

@@ -4,12 +4,13 @@ Both gateways poll only every 30 s here, so anything seen within a second came o
 the channel layer. Needs a redis-server binary (.ci/run installs one when it can).
 """
 import shutil
+import socket
 import subprocess
 
 import httpx
 import pytest
 
-from tests.server import free_port, wait_for
+from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 
@@ -29,8 +30,6 @@ def redis_url(tmp_path):
 
 
 def _redis_up(port):
-    import socket
-
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")

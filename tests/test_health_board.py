@@ -8,7 +8,7 @@ from health.breaker import Breaker
 from health.models import Breaker as Row
 from health.board import BreakerBoard, Transition
 from manallm.runtime import run_db
-from tests.clock import T0, FakeClock
+from tests.helpers import T0, FakeClock
 
 
 @pytest.fixture

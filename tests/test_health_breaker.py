@@ -2,7 +2,7 @@
 import pytest
 
 from health.breaker import HALF_OPEN, HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
-from tests.clock import T0
+from tests.helpers import T0
 
 THRESHOLD, BACKOFF = 2, 60.0
 

@@ -1,6 +1,4 @@
 """/v1/health, /v1/health/<provider>/reset, /health (SPEC §5) and the breaker admin."""
-import asyncio
-
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
@@ -9,7 +7,7 @@ from health.models import Breaker as Row
 from health.board import breakers
 from manallm import runtime
 from providers import registry
-from tests.clock import T0, FakeClock
+from tests.helpers import T0, FakeClock, eventually
 
 FIELDS = {"status", "consecutive_failures", "last_error", "last_check_unix", "unhealthy_until_unix"}
 
@@ -110,12 +108,13 @@ async def test_state_written_by_another_process_shows_within_a_second(configured
     await sync_to_async(Row.objects.create)(
         key="ollama", provider="ollama", consecutive_failures=2, last_error="probe failed: connect_error",
         last_check=T0, unhealthy_until=T0 + 60, updated_at=T0)
-    for _ in range(20):
-        await asyncio.sleep(0.05)
-        body = (await AsyncClient().get("/v1/health")).json()
-        if body["providers"]["ollama"]["status"] == "unhealthy":
-            break
-    assert body["providers"]["ollama"]["last_error"] == "probe failed: connect_error"
+
+    async def ollama_once_unhealthy():
+        entry = (await AsyncClient().get("/v1/health")).json()["providers"]["ollama"]
+        return entry if entry["status"] == "unhealthy" else None
+
+    entry = await eventually(ollama_once_unhealthy, timeout=1.0, interval=0.05)
+    assert entry and entry["last_error"] == "probe failed: connect_error"
     assert breakers.claim("ollama", "qwen2.5:7b") == "cache-unhealthy"
 
 
