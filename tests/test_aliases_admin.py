@@ -155,3 +155,30 @@ def test_anonymous_and_non_staff_cannot_use_admin(client, django_user_model):
     assert client.get(LIST).status_code == 302
     assert post_alias(client, ADD, "mana/x", [{"position": 0, "target": "groq/b", "enabled": True}]).status_code == 302
     assert not ChainEntry.objects.exists()
+
+
+@pytest.mark.django_db
+def test_default_alias_cannot_be_deleted(admin):
+    default = Alias.objects.create(name="mana/default", is_default=True)
+    other = Alias.objects.create(name="mana/other")
+    delete_page = f"/admin/routing/alias/{default.pk}/delete/"
+    message = "&#x27;mana/default&#x27; is the default alias; make another alias the default first."
+
+    # Its own delete page: back to the change page with the reason, before any confirmation.
+    for response in (admin.get(delete_page, follow=True), admin.post(delete_page, {"post": "yes"}, follow=True)):
+        assert response.redirect_chain[-1][0] == f"/admin/routing/alias/{default.pk}/change/"
+        assert message in response.content.decode()
+    # The bulk action refuses a selection holding it, even confirmed; nothing is deleted.
+    for data in ({}, {"post": "yes"}):
+        response = admin.post(LIST, {"action": "delete_selected", "_selected_action": [default.pk, other.pk], **data},
+                              follow=True)
+        assert response.status_code == 200
+        assert f"Nothing deleted: {message}" in response.content.decode()
+    assert Alias.objects.count() == 2
+
+    # Any other alias deletes as usual, one at a time or in bulk.
+    assert admin.post(f"/admin/routing/alias/{other.pk}/delete/", {"post": "yes"}).status_code == 302
+    third = Alias.objects.create(name="mana/third")
+    response = admin.post(LIST, {"action": "delete_selected", "_selected_action": [third.pk], "post": "yes"})
+    assert response.status_code == 302
+    assert list(Alias.objects.values_list("name", flat=True)) == ["mana/default"]
