@@ -457,7 +457,7 @@ async def test_key_never_in_repr_and_client_closes(fake):
     provider = make(fake.url + "/google")
     assert KEY not in repr(provider)
     await provider.chat(MODEL, user("x"))
-    http = provider._http
+    http = provider.http
     await provider.aclose()
     assert http.is_closed
     await provider.aclose()  # idempotent
@@ -472,7 +472,7 @@ async def test_missing_key_is_auth_error(fake):
 async def test_sdk_sends_through_our_pooled_httpx_client(google):
     # Guards the SDK internals the adapter relies on: no aiohttp path, no SDK retries.
     api_client = google.client._api_client
-    assert api_client._async_httpx_client is google._http
+    assert api_client._async_httpx_client is google.http
     assert not api_client._use_aiohttp()
     assert api_client._http_options.retry_options.attempts == 1
 
@@ -506,7 +506,7 @@ async def test_stream_malformed_event_is_skipped(google, fake):
 async def test_thought_signatures_round_trip(google):
     from google.genai import types
 
-    call = google._tool_call(types.FunctionCall(name="get_weather", args={"city": "Paris"}), b"sig-bytes")
+    call = google.answers.tool_call(types.FunctionCall(name="get_weather", args={"city": "Paris"}), b"sig-bytes")
     messages = [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "tool_calls": [call, {"id": "call_other", "type": "function",
@@ -514,9 +514,9 @@ async def test_thought_signatures_round_trip(google):
         {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
         {"role": "tool", "tool_call_id": "call_other", "content": "noon"},
     ]
-    _, contents = google._contents("gemini-2.5-flash", messages)
+    _, contents = google.requests.contents("gemini-2.5-flash", messages)
     first, second = contents[1].parts
     assert first.thought_signature == b"sig-bytes" and second.thought_signature is None
     # Gemini 3 insists on a signature on the first call of a turn; unknown ones get the documented stand-in.
-    _, contents = google._contents("gemini-3-pro-preview", [messages[0], {**messages[1], "tool_calls": messages[1]["tool_calls"][::-1]}])
+    _, contents = google.requests.contents("gemini-3-pro-preview", [messages[0], {**messages[1], "tool_calls": messages[1]["tool_calls"][::-1]}])
     assert contents[1].parts[0].thought_signature is not None
