@@ -7,6 +7,7 @@ import orjson
 from django.core.exceptions import RequestDataTooBig
 
 from manallm.errors import APIError, InvalidRequest
+from providers.openai_request import image_url, input_strings
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 NUMBER_RANGES = {
@@ -138,17 +139,14 @@ def _check_message(message, param):
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             _fail(f"{param}.content[{j}].text", "a text part needs 'text'")
         if part["type"] == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
+            url = image_url(part)
             if not isinstance(url, str) or not url:
                 _fail(f"{param}.content[{j}].image_url", "an image_url part needs 'image_url.url'")
 
 
 def validate_embeddings(body):
     check_model(body)
-    value = body.get("input")
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
+    if input_strings(body) is None:
         _fail("input", "'input' must be a non-empty string or array of strings")
     encoding = body.get("encoding_format")
     if encoding is not None and encoding not in ("float", "base64"):
