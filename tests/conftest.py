@@ -1,6 +1,7 @@
+import httpx
 import pytest
 
-from tests.server import Server, provider_env
+from tests.server import gateway_server
 
 pytest_plugins = ["tests.fake_fixtures"]
 
@@ -26,7 +27,7 @@ def make_server(tmp_path, fake_upstream):
     servers = []
 
     def make(env=None, database=None, prepare=True, name="gw"):
-        server = Server(tmp_path / name, {**provider_env(fake_upstream.url), **(env or {})}, database)
+        server = gateway_server(tmp_path / name, fake_upstream.url, env, database)
         if prepare:
             server.prepare()
         servers.append(server)
@@ -41,3 +42,10 @@ def make_server(tmp_path, fake_upstream):
 def gateway(make_server, fake):
     """One gateway process with every provider pointed at the fake upstream."""
     return make_server()
+
+
+@pytest.fixture
+def http(gw, fake):
+    """An httpx client for the module's ``gw`` gateway (see tests.server.module_gateway)."""
+    with httpx.Client(base_url=gw.url, timeout=20) as client:
+        yield client

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import free_port, wait_for
 
@@ -21,10 +22,22 @@ def provider_env(fake_url):
     return env
 
 
-def start_gateway(tmp_path_factory, fake_upstream, name, **env):
-    """A prepared, started gateway for a module-scoped fixture (the caller stops it)."""
-    server = Server(tmp_path_factory.mktemp(name), {**provider_env(fake_upstream.url), **env})
-    return server.prepare().start()
+def gateway_server(workdir, fake_url, env=None, database=None):
+    """A gateway process (not started) whose providers all point at the fake upstream."""
+    return Server(workdir, {**provider_env(fake_url), **(env or {})}, database)
+
+
+def module_gateway(name, **env):
+    """A module-scoped ``gw`` fixture: one prepared gateway started with ``env`` serves
+    every test of the module (write ``gw = module_gateway("name", KEY="value")``)."""
+
+    @pytest.fixture(scope="module")
+    def gw(fake_upstream, tmp_path_factory):
+        server = gateway_server(tmp_path_factory.mktemp(name), fake_upstream.url, env).prepare().start()
+        yield server
+        server.stop()
+
+    return gw
 
 
 class Server:

@@ -5,25 +5,14 @@ import openai
 import pytest
 
 from tests.helpers import assert_error, assert_sdk_error, chat, sdk, user_messages
-from tests.server import start_gateway
+from tests.server import module_gateway
 
 CLIENT_KEYS = ("k1", "k2")
 ADMIN_KEY = "admin-key-0123"
 ORIGIN = "http://localhost:5173"
 
-
-@pytest.fixture(scope="module")
-def gw(fake_upstream, tmp_path_factory):
-    server = start_gateway(tmp_path_factory, fake_upstream, "auth", MANA_LLM_API_KEY=",".join(CLIENT_KEYS),
-                           MANA_LLM_ADMIN_KEY=ADMIN_KEY, CORS_ORIGINS=f"{ORIGIN},https://app.example.com")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def http(gw, fake):
-    with httpx.Client(base_url=gw.url, timeout=20) as client:
-        yield client
+gw = module_gateway("auth", MANA_LLM_API_KEY=",".join(CLIENT_KEYS), MANA_LLM_ADMIN_KEY=ADMIN_KEY,
+                    CORS_ORIGINS=f"{ORIGIN},https://app.example.com")
 
 
 def assert_unauthorized(response):

@@ -13,23 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import SECRETS, assert_error, chat, content_of, sse_events, wait_for
-from tests.server import start_gateway
+from tests.server import module_gateway
 
-
-
-@pytest.fixture(scope="module")
-def gw(fake_upstream, tmp_path_factory):
-    server = start_gateway(tmp_path_factory, fake_upstream, "metrics", RETRIES="1", LOG_FORMAT="json",
-                           BREAKER_FAILURE_THRESHOLD="1000", OLLAMA_MAX_CONCURRENT="1", STREAM_IDLE_TIMEOUT="1",
-                           TOGETHER_API_KEY="", LOG_LEVEL="info")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def http(gw, fake):
-    with httpx.Client(base_url=gw.url, timeout=20) as client:
-        yield client
+gw = module_gateway("metrics", RETRIES="1", LOG_FORMAT="json", BREAKER_FAILURE_THRESHOLD="1000",
+                    OLLAMA_MAX_CONCURRENT="1", STREAM_IDLE_TIMEOUT="1", TOGETHER_API_KEY="", LOG_LEVEL="info")
 
 
 def scrape(gw):

@@ -18,9 +18,9 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.helpers import (assert_error, assert_no_traceback, assert_sdk_error, chat, content_of, sdk, sse_events,
-                           user_messages, wait_for)
-from tests.server import start_gateway
+from tests.helpers import (SECRETS, assert_error, assert_no_traceback, assert_sdk_error, chat, content_of, sdk,
+                           sse_events, user_messages, wait_for)
+from tests.server import module_gateway
 
 MAX_REQUEST_BYTES = 8192
 FAST_TEXT = ["ollama/qwen2.5:7b", "groq/llama-3.1-8b-instant", "openrouter/anthropic/claude-3-haiku"]
@@ -51,12 +51,8 @@ def upstream_calls(fake, target):
 # --- the module's gateway -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gw(fake_upstream, tmp_path_factory):
-    server = start_gateway(tmp_path_factory, fake_upstream, "api", RETRIES="0", BREAKER_FAILURE_THRESHOLD="1000",
-                           MODELS_CACHE_SECONDS="0", MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES))
-    yield server
-    server.stop()
+gw = module_gateway("api", RETRIES="0", BREAKER_FAILURE_THRESHOLD="1000", MODELS_CACHE_SECONDS="0",
+                    MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES))
 
 
 def in_flight(gateway):
@@ -70,12 +66,6 @@ def slots_are_released(gw):
     yield
     idle = {name: 0 for name in in_flight(gw)}
     assert wait_for(lambda: in_flight(gw) == idle, timeout=3), in_flight(gw)
-
-
-@pytest.fixture
-def http(gw, fake):
-    with httpx.Client(base_url=gw.url, timeout=20) as client:
-        yield client
 
 
 @pytest.fixture
