@@ -6,7 +6,7 @@ import time
 import httpx
 import yaml
 
-from tests.helpers import wait_for
+from tests.helpers import chat as chat_body, wait_for
 
 ADMIN = {"Authorization": "Bearer admin-key"}
 CLIENT = {"Authorization": "Bearer client-key"}
@@ -26,7 +26,7 @@ def aliases(server):
 
 def chat(server, model):
     return httpx.post(f"{server.url}/v1/chat/completions", headers=CLIENT, timeout=10,
-                      json={"model": model, "messages": [{"role": "user", "content": "hello"}]})
+                      json=chat_body(model, "hello"))
 
 
 def served_by(server, model):

@@ -10,7 +10,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import chat, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 
@@ -54,7 +54,7 @@ def test_an_alias_saved_in_one_process_is_served_by_the_other_at_once(pair):
 
     def served_by_b():
         reply = httpx.post(f"{b.url}/v1/chat/completions",
-                           json={"model": "mana/pushed", "messages": [{"role": "user", "content": "hi"}]})
+                           json=chat("mana/pushed"))
         return reply.status_code == 200 and reply.json()["model"] == "groq/pushed-model"
 
     assert wait_for(served_by_b, timeout=1.0)
@@ -65,7 +65,7 @@ def test_a_breaker_tripped_in_one_process_is_seen_by_the_other_at_once(pair, fak
     fake.fault("groq", "tripped", status=500)
     for _ in range(2):  # BREAKER_FAILURE_THRESHOLD
         httpx.post(f"{a.url}/v1/chat/completions",
-                   json={"model": "groq/tripped", "messages": [{"role": "user", "content": "hi"}]})
+                   json=chat("groq/tripped"))
 
     def open_in_b():
         models = httpx.get(f"{b.url}/v1/health").json()["providers"]["groq"]["models"]

@@ -18,7 +18,7 @@ from providers.ollama import OllamaProvider
 from providers.openai_compat import OpenAICompatProvider
 from routing.table import AliasTable, AliasView, Entry, Snapshot
 from routing.router import NoHealthyProvider, Router
-from tests.helpers import FakeClock, collect, eventually, text_of, unused_port
+from tests.helpers import FakeClock, chat, collect, eventually, text_of, unused_port
 
 OLLAMA, GROQ = Entry("ollama", "m1"), Entry("groq", "m2")
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
@@ -148,7 +148,7 @@ async def env(fake, settings):
 
 
 def chat_body(model="mana/t", text="hi", **extra):
-    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+    return chat(model, text, **extra)
 
 
 def stream_body(model="mana/t", text="hi", **extra):

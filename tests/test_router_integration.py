@@ -12,6 +12,7 @@ from routing import router as router_module
 from routing.table import AliasView, Entry, Snapshot
 from routing.table import aliases as alias_registry
 from routing.router import NoHealthyProvider, Router
+from tests.helpers import chat, collect
 
 
 def provider_settings(fake):
@@ -39,14 +40,10 @@ async def defaults(fake, settings, monkeypatch):
     await provider_registry.aclose_all()
 
 
-def chat_body(model="mana/t"):
-    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-
-
 @pytest.mark.django_db(transaction=True)
 async def test_happy_path_on_the_defaults(defaults):
     router = router_module.router
-    served = await router.chat(chat_body())
+    served = await router.chat(chat("mana/t"))
     assert served.headers() == {"X-Mana-LLM-Resolved": "ollama/m1"}
     assert served.value["choices"][0]["message"]["content"] == "Hello from ollama/m1: hi"
     ollama = provider_registry.get("ollama")
@@ -55,8 +52,8 @@ async def test_happy_path_on_the_defaults(defaults):
     groq = provider_registry.get("groq")
     assert isinstance(groq, OpenAICompatProvider) and groq.max_concurrent == 2
     # Default model (no "model"): the default alias; a stream works the same way.
-    served = await router.chat_stream({"messages": [{"role": "user", "content": "hi"}], "stream": True})
-    chunks = [chunk async for chunk in served.value]
+    served = await router.chat_stream(chat(None, stream=True))
+    chunks = await collect(served.value)
     assert served.target == "ollama/m1" and all(c["model"] == "ollama/m1" for c in chunks)
     assert ollama.in_flight == 0
     await breakers.flush()
@@ -72,7 +69,7 @@ async def test_fallback_on_the_defaults_persists_the_breaker(defaults):
         sleeps.append(seconds)
 
     router = Router(sleep=sleep, jitter=lambda a, b: 1.0)
-    served = await router.chat(chat_body())
+    served = await router.chat(chat("mana/t"))
     assert served.headers() == {"X-Mana-LLM-Resolved": "groq/m2", "X-Mana-LLM-Attempts": "ollama/m1=http_500"}
     assert sleeps == [0.5]
     assert breakers.status("ollama", "m1") == "unhealthy"
@@ -80,7 +77,7 @@ async def test_fallback_on_the_defaults_persists_the_breaker(defaults):
     row = await Row.objects.aget(key="ollama/m1")
     assert row.consecutive_failures == 2 and row.unhealthy_until is not None
 
-    served = await router.chat(chat_body())
+    served = await router.chat(chat("mana/t"))
     assert served.headers()["X-Mana-LLM-Attempts"] == "ollama/m1=cache-unhealthy"
     assert defaults.stats()["requests"]["ollama/m1"] == 2
 
@@ -88,11 +85,11 @@ async def test_fallback_on_the_defaults_persists_the_breaker(defaults):
 @pytest.mark.django_db(transaction=True)
 async def test_changed_provider_settings_take_effect(defaults, settings):
     router = router_module.router
-    assert (await router.chat(chat_body())).target == "ollama/m1"
+    assert (await router.chat(chat("mana/t"))).target == "ollama/m1"
     first = provider_registry.get("ollama")
     settings.PROVIDERS = {"groq": provider_settings(defaults)["groq"]}
     await first.aclose()
-    served = await router.chat(chat_body())
+    served = await router.chat(chat("mana/t"))
     assert served.headers() == {"X-Mana-LLM-Resolved": "groq/m2", "X-Mana-LLM-Attempts": "ollama/m1=unconfigured"}
     with pytest.raises(NoHealthyProvider):
-        await router.chat(chat_body("ollama/m1"))
+        await router.chat(chat("ollama/m1"))
