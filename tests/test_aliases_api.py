@@ -2,8 +2,9 @@
 import pytest
 from django.test import Client
 
-from routing.models import Alias
+from routing.models import Alias, DefaultAliasProtected
 from routing.table import aliases
+from routing.validators import validate_alias
 
 pytestmark = pytest.mark.django_db
 
@@ -257,3 +258,25 @@ def test_put_reads_json_whatever_the_content_type(client):
     assert response.json()["chain"] == ["groq/llama-3.1-8b-instant"]
     response = client.put("/v1/aliases/mana/curl", "{not json", content_type="text/plain")
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body", ["null", "[]", '"text"'])
+def test_put_body_must_be_an_object(client, body):
+    response = client.put("/v1/aliases/mana/x", body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "body" and not Alias.objects.exists()
+
+
+def test_the_model_layer_guards_the_default_for_every_writer():
+    first, created = Alias.objects.put(validate_alias("mana/a", BODY), default=True)
+    assert created and first.is_default
+    second, created = Alias.objects.put(validate_alias("mana/b", BODY), default=True)
+    assert created and list(Alias.objects.filter(is_default=True).values_list("name", flat=True)) == ["mana/b"]
+    _, created = Alias.objects.put(validate_alias("mana/b", {"chain": ["ollama/x"]}))
+    assert not created and Alias.objects.get(name="mana/b").is_default  # default=False keeps the mark
+    with pytest.raises(DefaultAliasProtected, match="'mana/b' is the default alias"):
+        second.delete()
+    with pytest.raises(DefaultAliasProtected):
+        Alias.objects.all().check_deletable()
+    first.delete()  # the database says it is no longer the default, whatever the instance remembers
+    assert list(Alias.objects.values_list("name", flat=True)) == ["mana/b"]
