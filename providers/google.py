@@ -20,6 +20,7 @@ this module holds the SDK client and calls it. SDK findings this adapter relies 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -178,16 +179,19 @@ class GoogleProvider(base.Provider):
                 model=request.model, contents=request.contents, config=request.config)
         except Exception as exc:
             self._raise(exc)
-        iterator = stream.__aiter__()
-        while True:
-            try:
-                response = await iterator.__anext__()
-            except StopAsyncIteration:
-                break
-            except Exception as exc:
-                self._raise(exc)
-            for chunk in translation.chunks(response):
-                yield chunk
+        # Closed when the consumer leaves (client disconnect, first-token timeout), so
+        # the SDK's generator closes its response and the upstream request is cut at once.
+        async with contextlib.aclosing(stream):
+            iterator = stream.__aiter__()
+            while True:
+                try:
+                    response = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    self._raise(exc)
+                for chunk in translation.chunks(response):
+                    yield chunk
         for chunk in translation.end():
             yield chunk
 

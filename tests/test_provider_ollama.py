@@ -5,7 +5,7 @@ import pytest
 
 from providers import errors
 from providers.ollama import OllamaProvider, strip_fence, tool_family_match
-from tests.adapters import collect, eventually, text_of, unused_port, user
+from tests.helpers import collect, text_of, unused_port, user
 
 MODEL = "qwen2.5:7b"
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -85,52 +85,11 @@ async def test_stream(ollama, fake):
     assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]) == 1
 
 
-async def test_stream_skips_malformed_line(ollama, fake, caplog):
-    fake.fault("ollama", MODEL, times=1, malformed_after=1)
-    chunks = await collect(ollama.chat_stream(MODEL, user("a b c")))
-    assert text_of(chunks) == f"Hello from ollama/{MODEL}: a b c"
-    assert "malformed" in caplog.text
-
-
-async def test_stream_without_done_ends_cleanly(ollama, fake):
-    fake.fault("ollama", MODEL, times=1, no_done=True)
-    chunks = await collect(ollama.chat_stream(MODEL, user("bye")))
-    assert text_of(chunks) == f"Hello from ollama/{MODEL}: bye"
-    assert not any(c["choices"] and c["choices"][0]["finish_reason"] for c in chunks)
-
-
 async def test_empty_stream(ollama, fake):
     fake.fault("ollama", MODEL, times=1, empty=True)
     chunks = await collect(ollama.chat_stream(MODEL, user("nothing")))
     assert text_of(chunks) == ""
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]
-
-
-async def test_stream_cut_mid_way_raises_protocol_error(ollama, fake):
-    fake.fault("ollama", MODEL, times=1, cut_after=2)
-    received = []
-    with pytest.raises(errors.ProtocolError):
-        async for chunk in ollama.chat_stream(MODEL, user("one two three four five")):
-            received.append(chunk)
-    assert len(received) == 2
-
-
-async def test_stream_error_line_raises(ollama, fake):
-    fake.fault("ollama", MODEL, times=1, error_event_after=1)
-    received = []
-    with pytest.raises(errors.UpstreamServerError) as info:
-        async for chunk in ollama.chat_stream(MODEL, user("one two three")):
-            received.append(chunk)
-    assert len(received) == 1 and "upstream exploded" in info.value.message
-
-
-async def test_closing_a_stream_early_cancels_upstream(ollama, fake):
-    fake.fault("ollama", MODEL, times=1, stall_after=1)
-    stream = ollama.chat_stream(MODEL, user("one two three"))
-    await stream.__anext__()
-    await stream.aclose()
-    assert await eventually(lambda: fake.stats()["disconnects"] >= 1)
-    assert fake.stats()["active"] == 0
 
 
 # --- tools ----------------------------------------------------------------------------
@@ -301,25 +260,6 @@ async def test_embeddings_batched(ollama, fake):
     assert single["data"][0]["embedding"] == answer["data"][0]["embedding"]
 
 
-async def test_list_models_and_probe(ollama, fake):
-    assert await ollama.list_models() == ["qwen2.5:7b", "gemma3:12b", "llava:7b", "llama3.1:8b", "nomic-embed-text"]
-    assert await ollama.probe() is None
-
-
-async def test_probe_failures(ollama, fake):
-    fake.fault("ollama", "*", times=1, status=500)
-    with pytest.raises(errors.UpstreamServerError):
-        await ollama.probe()
-    dead = OllamaProvider("ollama", base_url=f"http://127.0.0.1:{unused_port()}", timeout=1, connect_timeout=1)
-    try:
-        with pytest.raises(errors.ConnectError):
-            await dead.probe()
-        with pytest.raises(errors.ConnectError):
-            await dead.list_models()
-    finally:
-        await dead.aclose()
-
-
 # --- error mapping --------------------------------------------------------------------
 
 
@@ -328,59 +268,6 @@ async def test_model_not_found_is_request_error(ollama, fake):
     with pytest.raises(errors.UpstreamRequestError) as info:
         await ollama.chat("nope:1b", user("x"))
     assert info.value.status == 404 and "not found" in info.value.message
-
-
-@pytest.mark.parametrize("fault, cls", [
-    ({"status": 500}, errors.UpstreamServerError),
-    ({"status": 503}, errors.UpstreamServerError),
-    ({"error_code": "rate_limit_exceeded"}, errors.RateLimited),
-    ({"error_code": "invalid_api_key"}, errors.UpstreamAuthError),
-    ({"error_code": "context_length_exceeded"}, errors.ContextLengthExceeded),
-    ({"safety": True}, errors.Blocked),
-    ({"status": 400}, errors.UpstreamRequestError),
-    ({"reset": True}, errors.ProtocolError),
-])
-async def test_fault_mapping(ollama, fake, fault, cls):
-    fake.fault("ollama", MODEL, times=2, **fault)
-    with pytest.raises(cls):
-        await ollama.chat(MODEL, user("x"))
-    with pytest.raises(cls):
-        await collect(ollama.chat_stream(MODEL, user("x")))
-
-
-async def test_429_retry_after(ollama, fake):
-    fake.fault("ollama", MODEL, times=1, status=429, headers={"Retry-After": "3"})
-    with pytest.raises(errors.RateLimited) as info:
-        await ollama.chat(MODEL, user("x"))
-    assert info.value.retry_after == 3.0
-
-
-async def test_500_reason(ollama, fake):
-    fake.fault("ollama", MODEL, times=1, status=500)
-    with pytest.raises(errors.UpstreamServerError) as info:
-        await ollama.chat(MODEL, user("x"))
-    assert info.value.reason == "http_500"
-
-
-async def test_hang_is_timeout(fake):
-    provider = OllamaProvider("ollama", base_url=fake.url, timeout=0.3, connect_timeout=1)
-    fake.fault("ollama", MODEL, times=1, hang=True)
-    try:
-        with pytest.raises(errors.Timeout):
-            await provider.chat(MODEL, user("x"))
-    finally:
-        await provider.aclose()
-
-
-async def test_refused_is_connect_error():
-    provider = OllamaProvider("ollama", base_url=f"http://127.0.0.1:{unused_port()}", timeout=5, connect_timeout=1)
-    try:
-        with pytest.raises(errors.ConnectError):
-            await provider.chat(MODEL, user("x"))
-        with pytest.raises(errors.ConnectError):
-            await collect(provider.chat_stream(MODEL, user("x")))
-    finally:
-        await provider.aclose()
 
 
 async def test_pooled_client_reuses_connection(ollama, fake):
