@@ -30,7 +30,7 @@ class AliasViewSet(viewsets.ViewSet):
     lookup_field = "name"
     lookup_value_regex = ".+"  # names hold a slash: mana/x (or mana%2Fx, decoded by the server)
 
-    def get_object(self, name: str) -> Alias:
+    def alias_or_404(self, name: str) -> Alias:
         try:
             return Alias.objects.prefetch_related("entries").get(name=name)
         except Alias.DoesNotExist:
@@ -42,7 +42,7 @@ class AliasViewSet(viewsets.ViewSet):
         return Response({"default": default, "aliases": AliasSerializer(aliases, many=True).data})
 
     def retrieve(self, request: Request, name: str) -> Response:
-        return Response(AliasSerializer(self.get_object(name)).data)
+        return Response(AliasSerializer(self.alias_or_404(name)).data)
 
     def update(self, request: Request, name: str) -> Response:
         """PUT creates or replaces the alias whole (201 or 200)."""
@@ -54,7 +54,7 @@ class AliasViewSet(viewsets.ViewSet):
 
     def destroy(self, request: Request, name: str) -> Response:
         try:
-            self.get_object(name).delete()
+            self.alias_or_404(name).delete()
         except DefaultAliasProtected as exc:
             raise InvalidRequest(str(exc), param=exc.field, code=exc.code) from exc
         return Response(status=status.HTTP_204_NO_CONTENT)
