@@ -2,7 +2,7 @@
 
 The router reads and records breaker state on the hot path through the module singleton
 ``breakers``: no database query there. A state change is written to the ``Breaker`` row
-in the background (through ``manallm.runtime.run_db``, fire-and-forget: the request never
+in the background (through ``manallm.background.run_db``, fire-and-forget: the request never
 waits for it and a database error is only logged). State written by other workers or by
 ``probe_providers`` arrives through ``poll()``, which the runtime calls on its DB thread
 every STATE_POLL_INTERVAL; a row replaces this process's copy only when its
@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
+
+from manallm.background import announce, announce_from_sync, run_db
 
 from .breaker import HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
 
@@ -220,8 +222,6 @@ class BreakerBoard:
         except RuntimeError:
             loop = None
         if loop is None:
-            from manallm.runtime import announce_from_sync
-
             try:
                 fn(*args)
             except Exception as exc:
@@ -235,8 +235,6 @@ class BreakerBoard:
 
     @staticmethod
     async def _write_in_background(fn, *args):
-        from manallm.runtime import announce, run_db
-
         try:
             await run_db(fn, *args)
         except Exception as exc:

@@ -20,7 +20,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from manallm.runtime import run_db
+from manallm.background import run_db
 from providers import registry
 
 from .board import breakers

@@ -13,7 +13,6 @@ from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from manallm import runtime
 from manallm.auth import require_admin
 from manallm.errors import APIError, MethodNotAllowed, NotFound
 from providers import registry
@@ -48,7 +47,6 @@ def _method_not_allowed(request, allowed):
 async def health_detail(request):
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request, "GET")
-    await runtime.ensure_started()
     snapshot = breakers.snapshot()
     providers = {name: provider_entry(name, p, snapshot) for name, p in registry.configured().items()}
     return JsonResponse({"status": overall_status(e["status"] for e in providers.values()), "providers": providers})
@@ -62,7 +60,6 @@ async def health_reset(request, provider):
         require_admin(request)
     except APIError as exc:
         return exc.response()
-    await runtime.ensure_started()
     configured = registry.configured()
     if provider not in configured:
         return NotFound(
@@ -77,10 +74,6 @@ async def health_reset(request, provider):
 async def liveness(request):
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request, "GET")
-    try:
-        await runtime.ensure_started()
-    except Exception:  # liveness answers 200 whatever the state machinery does
-        logger.exception("could not start the state poller")
     snapshot = breakers.snapshot()
     statuses = {name: (snapshot.get(name) or breakers.entry(name))["status"] for name in registry.configured()}
     return JsonResponse({

@@ -12,8 +12,8 @@ from manallm.handler import get_asgi_application  # noqa: E402
 # step); every other path passes straight through to Django.
 django_application = ASGIStaticFilesHandler(get_asgi_application())
 
-from manallm import runtime  # noqa: E402
+from routing.reload import install_sighup  # noqa: E402
 
-runtime.install_sighup()
+install_sighup()
 
 application = ProtocolTypeRouter({"http": django_application})

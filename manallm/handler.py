@@ -9,32 +9,47 @@ every request:
 - The sync receivers of ``request_started`` (``reset_queries``,
   ``close_old_connections``) and Django's ``response.close()`` (which sends
   ``request_finished``) each cost a thread hop. On the DB-free paths
-  (``DB_FREE_PATHS``: chat, embeddings, models, health, metrics) the receivers skip the
+  (``manallm.paths``: chat, embeddings, models, health, metrics) the receivers skip the
   database and the response is closed inline; every other request still gets Django's
   behaviour, so connection ageing and health checks work as usual.
+
+``handle`` is a fork of Django's. ``FORKED_FROM`` records the Django version and the
+hash of the upstream method it was taken from; ``check_fork`` (a system check, so
+``manage.py check``, ``migrate`` and ``runserver`` run it, and a test) fails loudly when
+either moves: re-read the upstream method, carry its change over, then update the record.
+
+Every ASGI request also enters through ``on_request_started``: the process's background
+state (``manallm.background``) is loaded before the first request is served.
 """
 import asyncio
 import contextvars
+import hashlib
+import inspect
 
 import django
 from asgiref.sync import sync_to_async
-from django.core import signals
+from django.core import checks, signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.db import close_old_connections, reset_queries
 from django.urls import set_script_prefix
 
-DB_FREE_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models", "/health", "/v1/health", "/metrics")
+from . import background
+from .paths import is_db_free
+
+# What handle() was forked from: Django's major.minor and sha256 of the upstream source.
+FORKED_FROM = ((5, 2), "98faeb5bef800331e6a8002fbc96b30e4122a23438ae45a047190a531ea11323")
+
 _db_free = contextvars.ContextVar("manallm_db_free_request", default=False)
+# True once get_asgi_application() has replaced Django's request_started receivers.
+_owns_connection_housekeeping = False
 
 
 class GatewayASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        path = scope.get("path", "")
-        # /v1/health/<provider>/reset writes through the ORM: not DB-free.
-        token = _db_free.set(path.startswith(DB_FREE_PATHS) and not path.endswith("/reset"))
+        token = _db_free.set(is_db_free(scope.get("path", "")))
         try:
             await self.handle(scope, receive, send)
         finally:
@@ -99,11 +114,19 @@ class GatewayASGIHandler(ASGIHandler):
             await sync_to_async(response.close)()
 
 
-async def _request_started(**kwargs):
-    # request_started is sent with asend: a sync receiver would always cost a hop.
-    reset_queries()  # in-memory only: DEBUG's query log
-    if not _db_free.get():
-        await sync_to_async(close_old_connections)()
+async def on_request_started(sender, **kwargs) -> None:
+    """Where every ASGI request enters, before Django builds it (this handler's, and the
+    async test client's): background state first, then the connection housekeeping.
+
+    request_started is sent with asend: a sync receiver would always cost a hop.
+    """
+    if "scope" not in kwargs:
+        return  # a sync request (Django's sync test client): nothing here concerns it
+    await background.ensure_started()
+    if _owns_connection_housekeeping:
+        reset_queries()  # in-memory only: DEBUG's query log
+        if not _db_free.get():
+            await sync_to_async(close_old_connections)()
 
 
 def _close_old_connections_finished(**kwargs):
@@ -113,11 +136,43 @@ def _close_old_connections_finished(**kwargs):
         close_old_connections()
 
 
-def get_asgi_application():
+def get_asgi_application() -> GatewayASGIHandler:
+    """Django's ``get_asgi_application`` for the gateway's handler (see the module docstring)."""
+    global _owns_connection_housekeeping
     django.setup(set_prefix=False)
     signals.request_started.disconnect(reset_queries)
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
-    signals.request_started.connect(_request_started)
+    signals.request_started.connect(on_request_started)  # already, from ManallmConfig.ready()
     signals.request_finished.connect(_close_old_connections_finished)
+    _owns_connection_housekeeping = True
     return GatewayASGIHandler()
+
+
+def upstream_fingerprint() -> tuple[tuple[int, int], str]:
+    """The installed Django's major.minor and sha256 of its ``ASGIHandler.handle``."""
+    source = inspect.getsource(ASGIHandler.handle)
+    return tuple(django.VERSION[:2]), hashlib.sha256(source.encode()).hexdigest()
+
+
+def check_fork(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """System check: the forked ``handle`` still matches the Django it was taken from."""
+    (version, digest), (forked_version, forked_digest) = upstream_fingerprint(), FORKED_FROM
+    errors = []
+    if version != forked_version:
+        errors.append(checks.Error(
+            f"manallm.handler.GatewayASGIHandler.handle is a fork of Django "
+            f"{'.'.join(map(str, forked_version))}'s ASGIHandler.handle; Django "
+            f"{'.'.join(map(str, version))} is installed.",
+            hint="Compare the fork with the installed ASGIHandler.handle, carry any upstream change over, "
+                 "then update manallm.handler.FORKED_FROM.",
+            id="manallm.E001",
+        ))
+    if digest != forked_digest:
+        errors.append(checks.Error(
+            "Django's ASGIHandler.handle changed since manallm.handler.GatewayASGIHandler.handle was forked "
+            f"from it (sha256 {digest}, fork recorded {forked_digest}).",
+            hint="Carry the upstream change over to the fork, then update manallm.handler.FORKED_FROM.",
+            id="manallm.E002",
+        ))
+    return errors

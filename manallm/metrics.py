@@ -3,6 +3,9 @@
 With PROMETHEUS_MULTIPROC_DIR set (``make run`` sets it), prometheus_client writes to
 shared files and /metrics aggregates every worker process.
 """
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -27,7 +30,7 @@ deployment_healthy = Gauge("mana_llm_deployment_healthy", "1 while the deploymen
 retries = Counter("mana_llm_retries_total", "Extra attempts on the same entry.", ["provider", "model", "reason"])
 
 
-def on_breaker_transition(transition):
+def on_breaker_transition(transition: Any) -> None:
     """Breaker listener: the health gauges mirror every breaker (1 only when closed)."""
     healthy = 1 if transition.new_status == "healthy" else 0
     if transition.model:
@@ -36,8 +39,11 @@ def on_breaker_transition(transition):
         provider_healthy.labels(transition.provider).set(healthy)
 
 
-def install(breakers, provider_names):
-    """Subscribe the gauges to breaker transitions and set them from the current state."""
+def install(breakers: Any, provider_names: Iterable[str]) -> None:
+    """Subscribe the gauges to breaker transitions and set them from the current state.
+
+    ``breakers`` is health's board (passed in, so this core module imports no app).
+    """
     breakers.remove_listener(on_breaker_transition)
     breakers.add_listener(on_breaker_transition)
     for name in provider_names:

@@ -14,10 +14,11 @@ from django.utils.module_loading import import_string
 from . import auth
 from .errors import AuthenticationFailed
 from .logs import request_id_var
+from .paths import needs_browser_stack
 
 # The cookie-based stack the admin needs (sessions, auth, CSRF, messages). The
 # management API accepts a staff session too, so it runs there as well; the key-only
-# API paths skip it.
+# API paths skip it (which paths: manallm.paths).
 BROWSER_STACK = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -26,7 +27,6 @@ BROWSER_STACK = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
-BROWSER_PATHS = ("/admin", "/static/", "/v1/aliases", "/v1/health/")
 
 access_log = logging.getLogger("manallm.access")
 
@@ -92,7 +92,7 @@ class BrowserStackMiddleware(AsyncMiddleware):
         self.browser_handler = handler
 
     async def __call__(self, request):
-        if request.path.startswith(BROWSER_PATHS):
+        if needs_browser_stack(request.path):
             return await self.browser_handler(request)
         return await self.get_response(request)
 

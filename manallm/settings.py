@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_prometheus",
     "channels",
+    "manallm",
     "routing",
     "health",
     "providers",

@@ -2,7 +2,7 @@
 
 ``registry.snapshot`` is an immutable ``Snapshot`` swapped whole on reload, so the
 request path reads it without a lock and without a query. It is reloaded when the
-``Revision`` counter moves (``poll``, run by manallm.runtime off the request path) or
+``Revision`` counter moves (``poll``, run by manallm.background off the request path) or
 right after this process commits a change (``invalidate``, from routing.signals).
 """
 import logging

@@ -9,7 +9,6 @@ import orjson
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from manallm import runtime
 from manallm.errors import APIError, MethodNotAllowed, ModelNotFound, json_response, server_error
 
 from . import catalog, schema
@@ -19,7 +18,7 @@ logger = logging.getLogger("manallm.api")
 
 
 def api_view(*methods):
-    """An async /v1 view: method check, state loaded, every failure in the OpenAI envelope."""
+    """An async /v1 view: method check, every failure in the OpenAI envelope."""
 
     def decorate(view):
         @functools.wraps(view)
@@ -28,7 +27,6 @@ def api_view(*methods):
                 return MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use "
                                         f"{' or '.join(methods)}.", headers={"Allow": ", ".join(methods)}).response()
             try:
-                await runtime.ensure_started()
                 return await view(request, *args, **kwargs)
             except APIError as error:
                 return error.response()

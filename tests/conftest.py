@@ -9,16 +9,16 @@ pytest_plugins = ["tests.fake_fixtures"]
 @pytest.fixture(autouse=True)
 def _fresh_process_state():
     """Each test starts with no adapters, no poller and empty caches in this process."""
-    from manallm import runtime
+    from manallm import background
     from providers import registry
     from routing import catalog
 
     registry.reset()
-    runtime.stop()
+    background.stop()
     catalog.clear()
     yield
     registry.reset()
-    runtime.stop()
+    background.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from health import board as board_module
 from health.breaker import Breaker
 from health.models import Breaker as Row
 from health.board import BreakerBoard, Transition
-from manallm.runtime import run_db
+from manallm.background import run_db
 from tests.helpers import T0, FakeClock
 
 

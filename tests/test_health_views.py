@@ -5,7 +5,7 @@ from django.test import AsyncClient
 
 from health.models import Breaker as Row
 from health.board import breakers
-from manallm import runtime
+from manallm import background
 from providers import registry
 from tests.helpers import T0, FakeClock, eventually
 
@@ -18,7 +18,7 @@ def clock():
     breakers.clock = clock = FakeClock()
     breakers.clear()
     yield clock
-    runtime.stop()
+    background.stop()
     breakers.clear()
     breakers.clock = original
 

@@ -1,10 +1,12 @@
-"""What each server process runs beside its requests.
+"""What each server process runs beside its requests: the bottom layer the apps build on.
 
 The request path never touches the database in steady state: alias and breaker state
-live in memory. One background task per process re-reads what other processes wrote
-(every STATE_POLL_INTERVAL), and every database call made off the request path goes
-through one dedicated thread, so it neither blocks the event loop nor competes with
-Django's own sync thread.
+live in memory, in *state sources* the apps register here from their ``AppConfig.ready()``
+(this module imports no app). On a process's first request (``ensure_started``, called
+by the ASGI handler) every source is loaded once and one background task re-reads what
+other processes wrote (``poll`` every STATE_POLL_INTERVAL). Every database call made off
+the request path goes through one dedicated thread (``run_db``), so it neither blocks
+the event loop nor competes with Django's own sync thread.
 
 With REDIS_URL set, a process that commits a change also announces it over the channel
 layer, and every process re-reads at once instead of at its next tick. The poll stays
@@ -12,21 +14,52 @@ the guarantee: an announcement lost to a Redis outage only costs a tick.
 """
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-logger = logging.getLogger("manallm.runtime")
+logger = logging.getLogger("manallm.background")
 
-_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manallm-db")
-_state = {"loop": None, "ready": None, "task": None, "listener": None}
+T = TypeVar("T")
 STATE_GROUP = "manallm.state"
 # channels_redis forgets group members after a day; rejoin well before that.
 REJOIN_SECONDS = 600
 
 
-async def run_db(fn, *args, **kwargs):
+class StateSource(Protocol):
+    """In-memory state kept in step with the database (both methods are sync, run on the DB thread)."""
+
+    def load(self) -> None:
+        """Read everything (once, when the process starts serving)."""
+
+    def poll(self) -> None:
+        """Catch up with what other processes wrote (cheap when nothing changed)."""
+
+
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manallm-db")
+_sources: list[StateSource] = []
+_start_hooks: list[Callable[[], None]] = []
+_state: dict[str, Any] = {"loop": None, "ready": None, "task": None, "listener": None}
+
+
+def register(source: StateSource) -> None:
+    """Keep ``source`` loaded and polled in every serving process (idempotent)."""
+    if source not in _sources:
+        _sources.append(source)
+
+
+def on_start(hook: Callable[[], None]) -> None:
+    """Run ``hook`` (sync, cheap, in the event loop) once the sources are loaded (idempotent)."""
+    if hook not in _start_hooks:
+        _start_hooks.append(hook)
+
+
+async def run_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a database function on the dedicated DB thread."""
     return await asyncio.get_running_loop().run_in_executor(_executor, _call_db, fn, args, kwargs)
 
@@ -41,18 +74,12 @@ def _call_db(fn, args, kwargs):
         raise
 
 
-def _sources():
-    from health.board import breakers
-    from routing.table import aliases
-
-    return (aliases, breakers)
-
-
-async def ensure_started():
+async def ensure_started() -> None:
     """Load state once and start the poller in this event loop (idempotent, cheap).
 
     Concurrent first requests all wait for the one load; it runs in a task of its own
-    so a first client that goes away cannot cancel it half-way.
+    so a first client that goes away cannot cancel it half-way. It never raises: a
+    source that cannot load is logged and served from memory.
     """
     loop = asyncio.get_running_loop()
     if _state["loop"] is not loop:
@@ -64,17 +91,16 @@ async def ensure_started():
 
 
 async def _start(loop):
-    for source in _sources():
+    for source in _sources:
         try:
             await run_db(source.load)
         except Exception:
             logger.exception("could not load %s from the database; serving what is in memory", source)
-    from health.board import breakers
-    from providers import registry
-
-    from . import metrics
-
-    metrics.install(breakers, registry.configured())
+    for hook in _start_hooks:
+        try:
+            hook()
+        except Exception:
+            logger.exception("start hook %s failed", getattr(hook, "__qualname__", hook))
     _state["task"] = loop.create_task(_poll_forever())
     if settings.REDIS_URL:
         _state["listener"] = loop.create_task(_listen_forever())
@@ -86,8 +112,9 @@ async def _poll_forever():
         await poll_once()
 
 
-async def poll_once():
-    for source in _sources():
+async def poll_once() -> None:
+    """Let every source catch up with the database now."""
+    for source in _sources:
         try:
             await run_db(source.poll)
         except Exception as exc:
@@ -95,8 +122,6 @@ async def poll_once():
 
 
 async def _listen_forever():
-    from channels.layers import get_channel_layer
-
     layer = get_channel_layer()
     channel = None
     while True:
@@ -118,65 +143,25 @@ async def _listen_forever():
             await asyncio.sleep(settings.STATE_POLL_INTERVAL * 4)
 
 
-async def announce():
+async def announce() -> None:
     """Tell every process that shared state changed (no-op without REDIS_URL)."""
     if not settings.REDIS_URL:
         return
-    from channels.layers import get_channel_layer
-
     try:
         await get_channel_layer().group_send(STATE_GROUP, {"type": "state.changed"})
     except Exception as exc:
         logger.warning("could not announce a state change over the channel layer: %s", exc)
 
 
-def announce_from_sync():
+def announce_from_sync() -> None:
     """``announce`` for sync code (an on_commit hook, a management command)."""
     if settings.REDIS_URL:
-        from asgiref.sync import async_to_sync
-
         async_to_sync(announce)()
 
 
-def stop():
+def stop() -> None:
+    """Cancel this process's background tasks; the next request starts them again (tests)."""
     for name in ("ready", "task", "listener"):
         if _state[name] is not None:
             _state[name].cancel()
     _state.update(loop=None, ready=None, task=None, listener=None)
-
-
-def reload_aliases_file():
-    """SIGHUP: re-import ALIASES_FILE; a bad file changes nothing and is logged."""
-    from routing import aliasfile
-    from routing.validators import AliasError
-
-    path = settings.ALIASES_FILE
-    try:
-        result = aliasfile.sync(path)
-    except AliasError as exc:
-        logger.error("SIGHUP: not reloading %s: %s; aliases unchanged", path, exc)
-        return
-    except Exception:
-        logger.exception("SIGHUP: reloading %s failed; aliases unchanged", path)
-        return
-    finally:
-        connection.close()
-    from routing.table import aliases
-
-    aliases.invalidate()
-    connection.close()
-    logger.info("SIGHUP: reloaded %s: %s", path, result.summary())
-
-
-def install_sighup():
-    """Re-import the aliases file on SIGHUP, in a thread: a signal handler must not do I/O."""
-    import signal
-    import threading
-
-    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum, frame):
-        threading.Thread(target=reload_aliases_file, name="manallm-sighup", daemon=True).start()
-
-    signal.signal(signal.SIGHUP, handler)

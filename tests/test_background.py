@@ -1,9 +1,9 @@
-"""manallm.runtime: what each server process runs beside its requests."""
+"""manallm.background: what each server process runs beside its requests."""
 import asyncio
 
 import pytest
 
-from manallm import runtime
+from manallm import background
 from routing.models import Alias
 from routing.table import aliases
 
@@ -15,11 +15,11 @@ async def test_concurrent_first_requests_all_wait_for_the_first_load():
     aliases.snapshot = type(aliases.snapshot)()  # as in a fresh process
 
     async def first_request():
-        await runtime.ensure_started()
+        await background.ensure_started()
         return "mana/burst" in aliases.snapshot.aliases  # what this request would resolve
 
     assert await asyncio.gather(*(first_request() for _ in range(20))) == [True] * 20
-    runtime.stop()
+    background.stop()
 
 
 def _make_alias():

@@ -1,0 +1,46 @@
+"""SIGHUP re-imports ALIASES_FILE into the database and this process's alias table.
+
+Beside the YAML sync it drives (``aliasfile.sync``); the ASGI entry point installs the
+handler. Other processes follow through the revision, as for any alias change.
+"""
+import logging
+import signal
+import threading
+
+from django.conf import settings
+from django.db import connection
+
+from . import aliasfile
+from .table import aliases
+from .validators import AliasError
+
+logger = logging.getLogger("manallm.routing")
+
+
+def reload_aliases_file() -> None:
+    """Re-import ALIASES_FILE; a bad file changes nothing and is logged."""
+    path = settings.ALIASES_FILE
+    try:
+        result = aliasfile.sync(path)
+    except AliasError as exc:
+        logger.error("SIGHUP: not reloading %s: %s; aliases unchanged", path, exc)
+        return
+    except Exception:
+        logger.exception("SIGHUP: reloading %s failed; aliases unchanged", path)
+        return
+    finally:
+        connection.close()
+    aliases.invalidate()
+    connection.close()
+    logger.info("SIGHUP: reloaded %s: %s", path, result.summary())
+
+
+def install_sighup() -> None:
+    """Re-import the aliases file on SIGHUP, in a thread: a signal handler must not do I/O."""
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        threading.Thread(target=reload_aliases_file, name="manallm-sighup", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, handler)
