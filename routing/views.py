@@ -1,46 +1,25 @@
-"""The OpenAI-compatible endpoints (SPEC §5): thin async views over the router."""
+"""The OpenAI-compatible endpoints (SPEC §5): thin async views over the router.
+
+Plain async Django views (manallm.views.openai_view), not DRF: this is the hot path, and
+it must not pay DRF's per-request work nor a query (the router reads memory only).
+"""
 import base64
-import functools
-import logging
 from array import array
 from urllib.parse import unquote
 
 import orjson
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from manallm.errors import APIError, MethodNotAllowed, ModelNotFound, json_response, server_error
+from manallm.errors import ModelNotFound, json_response
+from manallm.views import openai_view
 
 from . import catalog, schema
 from .router import router
 
-logger = logging.getLogger("manallm.api")
 
-
-def api_view(*methods):
-    """An async /v1 view: method check, every failure in the OpenAI envelope."""
-
-    def decorate(view):
-        @functools.wraps(view)
-        async def wrapper(request, *args, **kwargs):
-            if request.method not in methods:
-                return MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use "
-                                        f"{' or '.join(methods)}.", headers={"Allow": ", ".join(methods)}).response()
-            try:
-                return await view(request, *args, **kwargs)
-            except APIError as error:
-                return error.response()
-            except Exception:
-                logger.exception("unexpected error serving %s %s", request.method, request.path)
-                return server_error(getattr(request, "request_id", "-")).response()
-
-        return wrapper
-
-    return decorate
-
-
-@api_view("POST")
-async def chat_completions(request):
+@openai_view("POST")
+async def chat_completions(request: HttpRequest) -> HttpResponse:
     body = schema.validate_chat(schema.parse_json(request, settings.MAX_REQUEST_BYTES))
     if body.get("stream"):
         served = await router.chat_stream(body)
@@ -67,8 +46,8 @@ async def sse(events):
         await events.aclose()
 
 
-@api_view("POST")
-async def embeddings(request):
+@openai_view("POST")
+async def embeddings(request: HttpRequest) -> HttpResponse:
     body = schema.validate_embeddings(schema.parse_json(request, settings.MAX_REQUEST_BYTES))
     served = await router.embed(body)
     if body.get("encoding_format") == "base64":
@@ -77,13 +56,13 @@ async def embeddings(request):
     return json_response(served.value, headers=served.headers())
 
 
-@api_view("GET")
-async def models_list(request):
+@openai_view("GET")
+async def models_list(request: HttpRequest) -> HttpResponse:
     return json_response({"object": "list", "data": await catalog.all_models()})
 
 
-@api_view("GET")
-async def model_detail(request, model_id):
+@openai_view("GET")
+async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     model_id = unquote(model_id)
     found = await catalog.find(model_id)
     if found is None:

@@ -1,7 +1,7 @@
 """/v1/health, /v1/health/<provider>/reset, /health (SPEC §5) and the breaker admin."""
 import pytest
 from asgiref.sync import sync_to_async
-from django.test import AsyncClient
+from django.test import AsyncClient, Client
 
 from health.models import Breaker as Row
 from health.board import breakers
@@ -198,3 +198,43 @@ def test_admin_lists_and_resets(configured, admin_client, clock):
     detail = admin_client.get(f"/admin/health/breaker/{target.pk}/change/")
     assert detail.status_code == 200  # view-only page
     assert admin_client.post(f"/admin/health/breaker/{target.pk}/delete/").status_code == 403
+
+
+# --- the reset's session rule and the reads' error envelope ------------------------------
+
+
+def test_reset_by_staff_session_needs_csrf(keys, django_user_model):
+    trip("ollama")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(django_user_model.objects.create_user("staff", password="pw", is_staff=True))
+    refused = client.post("/v1/health/ollama/reset")
+    assert refused.status_code == 403 and "CSRF" in refused.json()["error"]["message"]
+    assert breakers.status("ollama") == "unhealthy"
+    token = client.get("/admin/").cookies["csrftoken"].value
+    response = client.post("/v1/health/ollama/reset", headers={"x-csrftoken": token})
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "healthy" and breakers.status("ollama") == "healthy"
+    # The admin key needs no token, session or not.
+    assert client.post("/v1/health/ollama/reset", headers={"x-api-key": "admin-key"}).status_code == 200
+
+
+def test_reset_wrong_method_names_allowed(keys):
+    response = Client().get("/v1/health/ollama/reset", headers={"x-api-key": "admin-key"})
+    assert response.status_code == 405 and "POST" in response["Allow"]
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("path", ["/v1/health", "/health"])
+async def test_reads_answer_405_and_500_in_the_envelope(configured, monkeypatch, path):
+    response = await AsyncClient().delete(path)
+    assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(registry, "configured", broken)
+    response = await AsyncClient().get(path, headers={"X-Request-ID": "req-42"})
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["type"] == "server_error" and "req-42" in error["message"] and "boom" not in error["message"]
