@@ -1,4 +1,4 @@
-"""POST /v1/health/<provider>/reset (SPEC §5): the operator closes a provider's breakers.
+"""POST /v1/health/<provider>/reset (README#endpoints): the operator closes a provider's breakers.
 
 A management write, so DRF like the alias API: the admin key, or a staff session that
 carries the CSRF token (manallm.auth). A sync view, as the admin's reset action: with no

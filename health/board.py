@@ -1,10 +1,10 @@
-"""The in-memory breaker board every process keeps (SPEC §6), and its persistence.
+"""The in-memory breaker board every process keeps (docs/architecture.md#routing), and its persistence.
 
 The router reads and records breaker state on the hot path through the module singleton
 ``breakers``: no database query there. A state change is written to the ``Breaker`` row
 in the background (through ``manallm.background.run_db``, fire-and-forget: the request never
 waits for it and a database error is only logged). State written by other workers or by
-``probe_providers`` arrives through ``poll()``, which the runtime calls on its DB thread
+``probe_providers`` arrives through ``poll()``, which manallm.background's poller calls on its DB thread
 every STATE_POLL_INTERVAL; a row replaces this process's copy only when its
 ``updated_at`` is newer, so a local change whose write is still pending is not reverted.
 
@@ -256,7 +256,7 @@ class BreakerBoard:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def load(self):
-        """Read every row and merge it (sync: the runtime calls it on its DB thread)."""
+        """Read every row and merge it (sync: manallm.background's poller calls it on its DB thread)."""
         self.poll()
 
     def poll(self):

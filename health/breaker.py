@@ -1,4 +1,4 @@
-"""Circuit-breaker state and transitions (SPEC §6): pure logic, no database, clock injected.
+"""Circuit-breaker state and transitions (docs/architecture.md#routing): pure logic, no database, clock injected.
 
 A ``Breaker`` is an immutable value. Every transition returns a new object plus whether
 the *persisted* state changed, so callers swap objects atomically (the event loop reads
@@ -94,7 +94,7 @@ class Breaker:
         return replace(self, consecutive_failures=0, unhealthy_until=None, last_check=now, updated_at=now), True
 
     def as_dict(self, now: float) -> dict:
-        """The fields the health API shows (SPEC §5)."""
+        """The fields the health API shows (README#endpoints)."""
         return {
             "status": self.status(now),
             "consecutive_failures": self.consecutive_failures,

@@ -1,4 +1,4 @@
-"""Persisted circuit-breaker state (SPEC §6), shared by every worker and the prober.
+"""Persisted circuit-breaker state (docs/architecture.md#routing), shared by every worker and the prober.
 
 One row per breaker. Workers keep an in-memory copy (``health.board.breakers``) and write
 a row only when its state changes; ``updated_at`` orders concurrent writers (a row

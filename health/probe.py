@@ -1,4 +1,4 @@
-"""The probe loop behind ``manage.py probe_providers`` (SPEC §2, §6).
+"""The probe loop behind ``manage.py probe_providers`` (README#commands, docs/architecture.md#routing).
 
 Each tick pings every configured provider concurrently (``provider.probe()`` under a
 timeout) and records the results on the same breaker board the workers use, so counts

@@ -1,4 +1,4 @@
-"""Health reads (SPEC §5): /v1/health and /health; the reset is DRF, in health.api.
+"""Health reads (README#endpoints): /v1/health and /health; the reset is DRF, in health.api.
 
 Plain async views like the OpenAI endpoints (manallm.views.openai_view), read from the
 in-memory breaker board (no database query per request); the state poller keeps it

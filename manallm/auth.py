@@ -1,4 +1,4 @@
-"""Client and admin keys (SPEC §3): Bearer or X-API-Key, compared in constant time.
+"""Client and admin keys (README#configuration): Bearer or X-API-Key, compared in constant time.
 
 The plain /v1 views see only ClientKeyMiddleware's check; the DRF management API adds
 ``StaffSession`` and ``ManagementAccess`` (who may write, and the CSRF rule for sessions).
@@ -67,7 +67,7 @@ def management_access(request: HttpRequest) -> str | None:
 
 
 def require_admin(request: HttpRequest) -> None:
-    """Raise the SPEC §5 error for a management write: 401 without a key, 403 with a client key."""
+    """Raise the README#endpoints error for a management write: 401 without a key, 403 with a client key."""
     access = management_access(request)
     if access == "client":
         raise PermissionDenied("This call needs the admin key (MANA_LLM_ADMIN_KEY); a client key is not enough.")

@@ -1,4 +1,4 @@
-"""The gateway's own Prometheus metrics (SPEC §8), beside django-prometheus's.
+"""The gateway's own Prometheus metrics (README#metrics), beside django-prometheus's.
 
 With PROMETHEUS_MULTIPROC_DIR set (``make run`` sets it), prometheus_client writes to
 shared files and /metrics aggregates every worker process.

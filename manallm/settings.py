@@ -1,4 +1,4 @@
-"""Django settings for manallm, read from the environment (SPEC §3)."""
+"""Django settings for manallm, read from the environment (README#configuration)."""
 import os
 from pathlib import Path
 

@@ -77,7 +77,7 @@ class Provider:
             text = text.replace(self.api_key, "***")
         return text[:MAX_MESSAGE_CHARS]
 
-    # --- concurrency cap (SPEC §3 <PROVIDER>_MAX_CONCURRENT) ---------------------------
+    # --- concurrency cap (README#configuration <PROVIDER>_MAX_CONCURRENT) ---------------------------
 
     def try_acquire(self) -> bool:
         """Take an in-flight slot, or say the provider is saturated. Never blocks."""

@@ -1,4 +1,4 @@
-"""The one error taxonomy every adapter raises (SPEC §5, §6).
+"""The one error taxonomy every adapter raises (README#endpoints, docs/architecture.md#routing).
 
 Each class says three things the router acts on and nothing else:
 - ``action``: ``retry`` (try the same entry again, then fall over), ``fallover`` (next
@@ -149,7 +149,7 @@ class UpstreamRequestError(ProviderError):
 
     def __init__(self, message, *, upstream_status=400, **kwargs):
         kwargs.setdefault("status", upstream_status if 400 <= upstream_status < 500 else 400)
-        if upstream_status == 404:  # SPEC §5: an unknown model is 404 model_not_found
+        if upstream_status == 404:  # README#endpoints: an unknown model is 404 model_not_found
             kwargs.setdefault("type", "model_not_found")
         super().__init__(message, **kwargs)
         self.upstream_status = upstream_status

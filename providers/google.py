@@ -93,7 +93,7 @@ class GoogleProvider(base.Provider):
         request.extensions["timeout"] = timeout
 
     async def _skip_malformed_events(self, response: httpx.Response) -> None:
-        # SPEC §6: a malformed upstream event is skipped and logged. The SDK raises on
+        # docs/architecture.md#routing: a malformed upstream event is skipped and logged. The SDK raises on
         # one and cannot go on, so unparsable events are dropped before it reads them.
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             response.stream = WellFormedEvents(response.stream, self.name)

@@ -1,4 +1,4 @@
-"""Aliases in the Django admin, their chain inline (SPEC §7).
+"""Aliases in the Django admin, their chain inline (README#aliases-file).
 
 The chain goes through routing.validators and Alias.set_chain like the YAML and the API;
 the default mark moves in Alias.save; the default alias cannot be deleted here either

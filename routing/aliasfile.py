@@ -1,4 +1,4 @@
-"""Sync between an aliases YAML file and the database (SPEC §2, §7).
+"""Sync between an aliases YAML file and the database (README#commands, README#aliases-file).
 
 ``read`` parses and validates, ``plan`` diffs against the database, ``apply`` writes a
 plan in one transaction; ``dump`` is the export. Import, --dry-run, SIGHUP and

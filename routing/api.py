@@ -1,4 +1,4 @@
-"""The alias management API (SPEC §5): GET /v1/aliases, GET/PUT/DELETE /v1/aliases/<name>.
+"""The alias management API (README#endpoints): GET /v1/aliases, GET/PUT/DELETE /v1/aliases/<name>.
 
 DRF as DRF: a ViewSet on a router, AliasSerializer for validation and representation,
 manallm.auth for who may write, manallm.errors.drf_exception_handler for the envelope.

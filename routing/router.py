@@ -1,4 +1,4 @@
-"""The fallback engine (SPEC §6): one walk down a chain for chat, streams and embeddings.
+"""The fallback engine (docs/architecture.md#routing): one walk down a chain for chat, streams and embeddings.
 
 ``Router.walk`` resolves the model name, skips entries that cannot serve, tries the rest
 with the retry / fall-over / propagate policy each ``providers.errors`` class carries,
@@ -36,7 +36,7 @@ T = TypeVar("T")
 Body = dict[str, Any]
 AttemptFn = Callable[[Any, Entry, float], Awaitable[T]]
 
-# Reasons an entry was passed over without a call (SPEC §5); every other reason is a failure.
+# Reasons an entry was passed over without a call (README#endpoints); every other reason is a failure.
 SKIP_REASONS = frozenset({"unconfigured", "cache-unhealthy", "disabled", "saturated"})
 
 
@@ -293,7 +293,7 @@ def _once(release: Callable[[], None]) -> Callable[[], None]:
 
 
 class _FellOver(Exception):
-    """Internal: this entry failed in a way that moves the walk on (``reason`` as in §5)."""
+    """Internal: this entry failed in a way that moves the walk on (``reason`` as in README#endpoints)."""
 
     def __init__(self, reason: str):
         self.reason = reason

@@ -1,4 +1,4 @@
-"""Validation of OpenAI request bodies (SPEC §5): every 400 names the bad field.
+"""Validation of OpenAI request bodies (README#endpoints): every 400 names the bad field.
 
 Only what the gateway or an adapter relies on is checked; any other field an OpenAI
 client sends is accepted and left for the upstream (or ignored).

@@ -1,4 +1,4 @@
-"""The alias management API's representation and validation (SPEC §5).
+"""The alias management API's representation and validation (README#endpoints).
 
 Validation is routing.validators' (the one validator the YAML import and the admin use
 too); the write is the model layer's ``Alias.objects.put``.

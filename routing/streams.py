@@ -1,4 +1,4 @@
-"""A committed stream (SPEC §6, "Streams"): from its first content token to ``[DONE]``.
+"""A committed stream (docs/architecture.md#routing, "Streams"): from its first content token to ``[DONE]``.
 
 ``first_token`` reads an upstream stream until its first content token, so the router
 can still fall over before anything is sent; ``Relay`` is what the caller iterates once

@@ -1,4 +1,4 @@
-"""The alias registry each process serves from memory (SPEC §4, §7).
+"""The alias registry each process serves from memory (README#model-names, README#aliases-file).
 
 ``registry.snapshot`` is an immutable ``Snapshot`` swapped whole on reload, so the
 request path reads it without a lock and without a query. It is reloaded when the
@@ -82,7 +82,7 @@ class AliasTable:
             logger.exception("could not reload aliases after a change; the poller will retry")
             self.snapshot = Snapshot(-1, self.snapshot.aliases, self.snapshot.default)
 
-    # --- SPEC §4 model names ------------------------------------------------------------
+    # --- model names (README#model-names) -----------------------------------------------
 
     def resolve(self, name: str | None) -> tuple[str | None, tuple[Entry, ...]]:
         """The chain for a requested model name: (alias name or None, tuple of Entry).

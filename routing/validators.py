@@ -1,4 +1,4 @@
-"""The one validator of alias data (SPEC §7), used by the YAML import, the admin and the API.
+"""The one validator of alias data (README#aliases-file), used by the YAML import, the admin and the API.
 
 Each function raises ``AliasError`` with the alias, the field and the reason, and returns
 the normalised value: a chain entry always comes back as an ``EntrySpec``.

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible endpoints (SPEC §5): thin async views over the router.
+"""The OpenAI-compatible endpoints (README#endpoints): thin async views over the router.
 
 Plain async Django views (manallm.views.openai_view), not DRF: this is the hot path, and
 it must not pay DRF's per-request work nor a query (the router reads memory only).

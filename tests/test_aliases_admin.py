@@ -1,4 +1,4 @@
-"""Issue 2: the Django admin edits aliases with their chain inline (SPEC §7)."""
+"""Issue 2: the Django admin edits aliases with their chain inline (README#aliases-file)."""
 import re
 
 import pytest

@@ -1,4 +1,4 @@
-"""Issue 2: the alias management API (SPEC §5) and its auth matrix (SPEC §3)."""
+"""Issue 2: the alias management API (README#endpoints) and its auth matrix (README#configuration)."""
 import pytest
 from django.test import Client
 

@@ -1,4 +1,4 @@
-"""Issue 2: import_aliases / export_aliases / import_aliases_if_empty (SPEC §2, §7)."""
+"""Issue 2: import_aliases / export_aliases / import_aliases_if_empty (README#commands, README#aliases-file)."""
 import io
 
 import pytest

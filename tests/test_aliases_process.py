@@ -1,5 +1,5 @@
 """Issue 2 with real gateway processes: SIGHUP reload, the import command as a process,
-and a change written through one process served by another within one second (SPEC §7)."""
+and a change written through one process served by another within one second (README#aliases-file)."""
 import signal
 import time
 

@@ -1,4 +1,4 @@
-"""Issue 2: every alias validation rule (SPEC §7), directly and through every write path.
+"""Issue 2: every alias validation rule (README#aliases-file), directly and through every write path.
 
 The same rule is checked through ``validate_document``/``validate_alias``, the
 ``import_aliases`` command, the admin form and the /v1/aliases API; each failure must

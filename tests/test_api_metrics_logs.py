@@ -1,4 +1,4 @@
-"""Metrics (SPEC §8), JSON logs with request ids, skip reasons and secrets, seen from
+"""Metrics (README#metrics), JSON logs with request ids, skip reasons and secrets, seen from
 outside a real gateway process.
 
 The module's gateway runs with RETRIES=1 (so retries show in the metrics), LOG_FORMAT=json,

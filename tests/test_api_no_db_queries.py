@@ -1,9 +1,9 @@
-"""The steady-state request path reads no database (SPEC §6: "workers keep an in-memory
+"""The steady-state request path reads no database (docs/architecture.md#routing: "workers keep an in-memory
 copy so the hot path reads no database").
 
 In process, through Django's AsyncClient and the full middleware stack, with the
 providers pointed at the fake upstream. After one warm-up request (which loads alias and
-breaker state on the runtime's DB thread), every SQL statement executed in *any* thread
+breaker state on the background DB thread), every SQL statement executed in *any* thread
 is counted — the CursorWrapper is patched at class level, and new connections are
 watched too — while chat requests (plain, streamed, with a fallback answered by the next
 entry) and an embeddings request are served. The state poller is parked by a long
@@ -131,7 +131,7 @@ async def test_a_fallback_reads_no_database(gateway_settings, aliases, fake):
         assert response.status_code == 200
         assert response.headers["X-Mana-LLM-Attempts"] == "ollama/qwen2.5:7b=http_500"
         await breakers.flush()
-    # only the breaker write, on the runtime's DB thread, never a read and never in the loop's thread
+    # only the breaker write, on the background DB thread, never a read and never in the loop's thread
     assert measured.queries, "the failure should have been persisted"
     for thread, sql in measured.queries:
         assert thread.startswith("manallm-db"), (thread, sql)

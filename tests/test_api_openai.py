@@ -1,4 +1,4 @@
-"""End-to-end tests of the OpenAI-compatible API (SPEC §4, §5, §6) against a real daphne
+"""End-to-end tests of the OpenAI-compatible API (README#model-names, README#endpoints, docs/architecture.md#routing) against a real daphne
 process whose providers all point at the fake upstream, driven with httpx and with the
 official ``openai`` package.
 
@@ -399,7 +399,7 @@ def test_aliases_list(http, fake):
                     "chain": FAST_TEXT}
 
 
-# --- errors (SPEC §5 table) -------------------------------------------------------------------
+# --- errors (README#endpoints table) -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"", b"   ", b"[1, 2]", b'"a string"',

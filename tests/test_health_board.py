@@ -335,7 +335,7 @@ def test_stale_write_never_overwrites_a_newer_row(board):
     assert Row.objects.get(key="ollama").consecutive_failures == 2
 
 
-# --- persistence through the runtime's DB thread ----------------------------------------
+# --- persistence through the background DB thread ----------------------------------------
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,4 +1,4 @@
-"""health.breaker: the pure breaker state machine (SPEC §6), with an injected clock."""
+"""health.breaker: the pure breaker state machine (docs/architecture.md#routing), with an injected clock."""
 import pytest
 
 from health.breaker import HALF_OPEN, HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error

@@ -1,4 +1,4 @@
-"""probe_providers (SPEC §2) as a real subprocess against a live fake upstream and a dead
+"""probe_providers (README#commands) as a real subprocess against a live fake upstream and a dead
 port, on a temporary SQLite file; plus the probe loop in-process."""
 import asyncio
 import os

@@ -1,4 +1,4 @@
-"""/v1/health, /v1/health/<provider>/reset, /health (SPEC §5) and the breaker admin."""
+"""/v1/health, /v1/health/<provider>/reset, /health (README#endpoints) and the breaker admin."""
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient, Client

@@ -1,4 +1,4 @@
-"""routing.router.Router (SPEC §4, §5 headers / errors, §6 routing semantics).
+"""routing.router.Router (README#model-names, README#endpoints headers and errors, docs/architecture.md#routing).
 
 Real adapters talk to the in-repo fake upstream over loopback; time is injected: the
 router's retry waits go to a recording fake ``sleep``, jitter is fixed at 1.0 and the
@@ -502,7 +502,7 @@ async def test_every_attempt_rate_limited_is_429(env):
     assert env.requests("ollama/m1") == 1 and env.requests("groq/m2") == 2
 
 
-# --- model names (SPEC §4) ----------------------------------------------------------------
+# --- model names (README#model-names) -------------------------------------------------------
 
 
 async def test_direct_provider_model_has_no_fallback(env):

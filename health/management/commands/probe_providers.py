@@ -1,4 +1,4 @@
-"""python manage.py probe_providers [--once] [--interval 30] [--timeout 3] (SPEC §2)."""
+"""python manage.py probe_providers [--once] [--interval 30] [--timeout 3] (README#commands)."""
 import asyncio
 
 from django.core.management.base import BaseCommand, CommandError
