@@ -1,6 +1,9 @@
+import subprocess
+
 import httpx
 import pytest
 
+from tests.helpers import free_port, redis_up, server_binary, wait_for
 from tests.server import gateway_server
 
 pytest_plugins = ["tests.fake_fixtures"]
@@ -49,3 +52,18 @@ def http(gw, fake):
     """An httpx client for the module's ``gw`` gateway (see tests.server.module_gateway)."""
     with httpx.Client(base_url=gw.url, timeout=20) as client:
         yield client
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server of this test's own, on a free loopback port."""
+    binary = server_binary("redis-server")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: redis_up(port), timeout=10), "redis-server did not start"
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)

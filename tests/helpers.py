@@ -5,9 +5,12 @@ never imports from another test module (the gateway process harness is tests/ser
 import asyncio
 import inspect
 import json
+import os
+import shutil
 import socket
 import time
 
+import pytest
 from openai import OpenAI
 
 T0 = 1_000_000.0
@@ -165,3 +168,28 @@ def assert_sdk_error(excinfo, cls, status, error_type, param=...):
         assert exc.param == param, exc.body
     assert_no_traceback(exc.response.text)
     return exc
+
+
+def server_binary(name: str) -> str:
+    """The path of a server program a test needs (redis-server, postgres, …).
+
+    Missing: skipped on a developer's machine, a failure under CI=true — .ci/run installs
+    every server the suite needs, so a green CI means these tests ran.
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; under CI=true a missing server is a failure, not a skip")
+        pytest.skip(message)
+    return path
+
+
+def redis_up(port: int) -> bool:
+    """True when a Redis server answers PING on this loopback port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

@@ -3,40 +3,10 @@
 Both gateways poll only every 30 s here, so anything seen within a second came over
 the channel layer. Needs a redis-server binary (.ci/run installs one when it can).
 """
-import shutil
-import socket
-import subprocess
-
 import httpx
 import pytest
 
-from tests.helpers import chat, free_port, wait_for
-
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    port = free_port()
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        assert wait_for(lambda: _redis_up(port), timeout=10), "redis-server did not start"
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _redis_up(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
+from tests.helpers import chat, wait_for
 
 @pytest.fixture
 def pair(make_server, tmp_path, redis_url, fake):
