@@ -9,6 +9,8 @@ from django.core.exceptions import RequestDataTooBig
 from manallm.errors import APIError, InvalidRequest
 from providers.openai_request import image_url, input_strings
 
+from .validators import unprintable
+
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 NUMBER_RANGES = {
     "temperature": (0, 2),
@@ -74,7 +76,7 @@ def check_model(body):
         _fail("model", "'model' must be a string")
     if len(model) > MAX_MODEL_CHARS:
         _fail("model", f"'model' is longer than {MAX_MODEL_CHARS} characters")
-    if not model.isprintable() or model != model.strip():
+    if unprintable(model) or model != model.strip():  # the alias validator's rule too
         _fail("model", "'model' must not contain control characters or surrounding whitespace")
 
 

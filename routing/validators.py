@@ -8,14 +8,57 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-ALIAS_NAME = re.compile(r"^mana/[A-Za-z0-9][A-Za-z0-9._:-]*$")
+ALIAS_NAME = re.compile(r"mana/[A-Za-z0-9][A-Za-z0-9._:-]*")  # fullmatch: "$" would let a final "\n" in
 ENTRY_OPTIONS = {"target", "enabled", "first_token_timeout"}
+
+# The bounds of alias data (README#aliases-file). A target fits ChainEntry.target's column.
+MAX_CLASS_CHARS = 64  # after "mana/"
+MAX_TARGET_CHARS = 200
+MAX_CHAIN_ENTRIES = 32
+MAX_DESCRIPTION_CHARS = 2000
+
+# Free text keeps tabs and line breaks; other C0 controls, DEL, C1 and lone surrogates
+# (which cannot be encoded for the database or a UTF-8 answer) are refused.
+_UNFIT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def unprintable(text: str, *, free_text: bool = False) -> str | None:
+    """The first character of ``text`` that must not be stored or echoed, as ``U+XXXX``;
+    None when there is none.
+
+    A name (a request's ``model``, an alias name, a chain entry) reaches response headers,
+    log lines, metric labels and breaker keys, so it must be printable: no control
+    character (C0 incl. NUL, TAB, CR/LF, ESC; DEL; C1), no lone surrogate, no format or
+    separator character other than the space. ``free_text`` (a description) may also hold
+    tabs, line breaks and any other Unicode character. One rule for chat
+    (routing.schema.check_model) and alias data; a printable name costs one
+    ``str.isprintable`` call.
+    """
+    if free_text:
+        match = _UNFIT_IN_TEXT.search(text)
+        bad = match.group() if match else None
+    else:
+        bad = None if text.isprintable() else next(char for char in text if not char.isprintable())
+    return None if bad is None else f"U+{ord(bad):04X}"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``value`` quoted for a message: repr escapes what is unprintable, and a long value
+    is cut, so an error never echoes a control character or a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _keys(keys) -> list[str]:
+    """Unknown mapping keys as they may appear in a message and in ``param``, sorted."""
+    return sorted(key if isinstance(key, str) and len(key) <= 80 and unprintable(key) is None else shown(key)
+                  for key in keys)
 
 
 class AliasError(ValueError):
     def __init__(self, reason: str, *, alias: str | None = None, field: str | None = None):
         self.alias, self.field, self.reason = alias, field, reason
-        where = " ".join(part for part in (f"alias {alias!r}" if alias else "", field or "") if part)
+        where = " ".join(part for part in (f"alias {shown(alias)}" if alias else "", field or "") if part)
         super().__init__(f"{where}: {reason}" if where else reason)
 
 
@@ -43,27 +86,36 @@ class EntrySpec:
 
 
 def validate_alias_name(name: object) -> str:
-    if not isinstance(name, str) or not ALIAS_NAME.match(name):
+    if not isinstance(name, str) or not ALIAS_NAME.fullmatch(name):
         raise AliasError(
-            f"{name!r} is not a valid alias name: use 'mana/<class>' with one segment "
+            f"{shown(name)} is not a valid alias name: use 'mana/<class>' with one segment "
             "of letters, digits, '.', '_', ':' or '-'",
             alias=name if isinstance(name, str) else None,
             field="name",
         )
+    if len(name) > len("mana/") + MAX_CLASS_CHARS:
+        raise AliasError(f"is longer than 'mana/' and {MAX_CLASS_CHARS} characters", alias=name, field="name")
     return name
 
 
 def validate_target(target: object, *, alias: str | None = None, field: str = "chain") -> str:
     """A ``provider/model`` string whose provider manallm knows."""
     if not isinstance(target, str) or "/" not in target:
-        raise AliasError(f"entry {target!r} must be a 'provider/model' string", alias=alias, field=field)
+        raise AliasError(f"entry {shown(target)} must be a 'provider/model' string", alias=alias, field=field)
+    if len(target) > MAX_TARGET_CHARS:
+        raise AliasError(f"entry {shown(target)} is longer than {MAX_TARGET_CHARS} characters",
+                         alias=alias, field=field)
+    bad = unprintable(target)
+    if bad:
+        raise AliasError(f"entry {shown(target)} contains {bad}: control and unprintable characters are "
+                         "not allowed", alias=alias, field=field)
     provider, _, model = target.partition("/")
     if provider not in settings.PROVIDER_NAMES:
         known = ", ".join(settings.PROVIDER_NAMES)
-        raise AliasError(f"entry {target!r} names unknown provider {provider!r} (known: {known})",
+        raise AliasError(f"entry {shown(target)} names unknown provider {shown(provider)} (known: {known})",
                          alias=alias, field=field)
     if not model.strip() or model != model.strip():
-        raise AliasError(f"entry {target!r} has an empty or padded model name", alias=alias, field=field)
+        raise AliasError(f"entry {shown(target)} has an empty or padded model name", alias=alias, field=field)
     return target
 
 
@@ -84,7 +136,7 @@ def validate_entry(entry: object, *, alias: str | None = None, index: int = 0) -
         raise AliasError("must be a 'provider/model' string or a mapping with 'target'", alias=alias, field=field)
     unknown = set(entry) - ENTRY_OPTIONS
     if unknown:
-        raise AliasError(f"unknown option(s) {', '.join(sorted(map(str, unknown)))}; allowed: "
+        raise AliasError(f"unknown option(s) {', '.join(_keys(unknown))}; allowed: "
                          f"{', '.join(sorted(ENTRY_OPTIONS))}", alias=alias, field=field)
     if "target" not in entry:
         raise AliasError("a mapping entry needs 'target: provider/model'", alias=alias, field=field)
@@ -102,7 +154,18 @@ def validate_entry(entry: object, *, alias: str | None = None, index: int = 0) -
 def validate_chain(chain: object, *, alias: str | None = None) -> list["EntrySpec"]:
     if not isinstance(chain, list) or not chain:
         raise AliasError("must be a non-empty list of 'provider/model' entries", alias=alias, field="chain")
-    return [validate_entry(entry, alias=alias, index=i) for i, entry in enumerate(chain)]
+    if len(chain) > MAX_CHAIN_ENTRIES:
+        raise AliasError(f"has {len(chain)} entries; at most {MAX_CHAIN_ENTRIES} are allowed", alias=alias,
+                         field="chain")
+    specs, seen = [], {}
+    for i, entry in enumerate(chain):
+        spec = validate_entry(entry, alias=alias, index=i)
+        if spec.target in seen:
+            raise AliasError(f"entry {shown(spec.target)} repeats chain[{seen[spec.target]}]; "
+                             "each target may appear once", alias=alias, field=f"chain[{i}]")
+        seen[spec.target] = i
+        specs.append(spec)
+    return specs
 
 
 def validate_description(description: object, *, alias: str | None = None) -> str:
@@ -110,6 +173,12 @@ def validate_description(description: object, *, alias: str | None = None) -> st
         return ""
     if not isinstance(description, str):
         raise AliasError("must be a string", alias=alias, field="description")
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        raise AliasError(f"is longer than {MAX_DESCRIPTION_CHARS} characters", alias=alias, field="description")
+    bad = unprintable(description, free_text=True)
+    if bad:
+        raise AliasError(f"contains {bad}: control characters (other than tab and line breaks) and lone "
+                         "surrogates are not allowed", alias=alias, field="description")
     return description
 
 
@@ -128,10 +197,9 @@ def validate_alias(name: object, body: object) -> "AliasSpec":
     validate_alias_name(name)
     if not isinstance(body, dict):
         raise AliasError("must be a mapping with 'description' and 'chain'", alias=name, field="body")
-    unknown = set(body) - {"description", "chain"}
+    unknown = _keys(set(body) - {"description", "chain"})
     if unknown:
-        raise AliasError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}", alias=name,
-                         field=sorted(map(str, unknown))[0])
+        raise AliasError(f"unknown field(s) {', '.join(unknown)}", alias=name, field=unknown[0])
     if "chain" not in body:
         raise AliasError("is required", alias=name, field="chain")
     return AliasSpec(name, validate_description(body.get("description"), alias=name),
@@ -150,12 +218,12 @@ def validate_document(data: object) -> "AliasDocument":
         raise AliasError("the file must be a mapping with 'aliases' and 'default'", field="root")
     unknown = set(data) - {"aliases", "default"}
     if unknown:
-        raise AliasError(f"unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}", field="root")
+        raise AliasError(f"unknown top-level key(s) {', '.join(_keys(unknown))}", field="root")
     aliases = data.get("aliases")
     if not isinstance(aliases, dict) or not aliases:
         raise AliasError("must be a non-empty mapping of alias name to alias", field="aliases")
     specs = {name: validate_alias(name, body) for name, body in aliases.items()}
     default = data.get("default")
     if default is not None and default not in specs:
-        raise AliasError(f"{default!r} is not an alias defined in this file", field="default")
+        raise AliasError(f"{shown(default)} is not an alias defined in this file", field="default")
     return AliasDocument(specs, default)
