@@ -23,7 +23,7 @@ class ChainEntryInline(admin.TabularInline):
 
 
 class ChainFormSet(forms.BaseInlineFormSet):
-    """The chain as a whole goes through the same validator as the YAML and the API, and
+    """The chain as a whole (with the description) goes through the same validator as the YAML and the API, and
     is written by the same model method (``Alias.set_chain``), whole and in order."""
 
     chain = ()
@@ -39,7 +39,7 @@ class ChainFormSet(forms.BaseInlineFormSet):
                   "first_token_timeout": row.get("first_token_timeout")} for row in rows]
         name = self.instance.name or "mana/new"
         try:
-            self.chain = validate_alias(name, {"description": "", "chain": chain}).chain
+            self.chain = validate_alias(name, {"description": self.instance.description, "chain": chain}).chain
         except AliasError as exc:
             raise ValidationError(str(exc)) from exc
 

@@ -1,0 +1,255 @@
+"""Issue 9: generated hostile JSON against every endpoint of a real gateway process.
+
+Hypothesis builds bodies and path fields for chat (plain and stream), embeddings, the
+alias PUT, one model's read and the breaker reset: nested objects and arrays, nesting
+past every parser's depth, strings with control characters and lone surrogates, huge,
+negative and fractional numbers, and any JSON value in every field the gateway knows.
+Whatever it sends, the gateway must answer as README#endpoints says: never a 5xx but the
+documented upstream ones, every error in the OpenAI envelope, a stream that ends with
+``[DONE]``, and no traceback in the server's log.
+
+Bounded for ``make test``: derandomized (the same examples on every run, no example
+database), a few hundred examples per endpoint.
+"""
+import json
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import assert_no_traceback
+from tests.server import module_gateway
+
+ADMIN_KEY = "hostile-admin-key"
+gw = module_gateway("hostile", MANA_LLM_ADMIN_KEY=ADMIN_KEY, RETRIES="0", BREAKER_FAILURE_THRESHOLD="1000000")
+
+# The only 5xx a client may see (README#endpoints): status -> error types.
+UPSTREAM_ERRORS = {502: {"auth", "truncated"}, 503: {"no_healthy_provider", "service_unavailable"}}
+PROVIDERS = ["ollama", "openrouter", "groq", "together", "openai", "google"]
+MODELS = ["mana/fast-text", "mana/vision", "mana/missing", "", "qwen2.5:7b", "ollama/qwen2.5:7b",
+          "groq/llama-3.1-8b-instant", "openrouter/anthropic/claude-3-haiku", "openai/gpt-4o-mini",
+          "google/gemini-2.0-flash-exp", "together/x", "bogus/model"]
+EMBEDDING_MODELS = ["ollama/nomic-embed-text", "openai/text-embedding-3-small", "google/text-embedding-004",
+                    "groq/x", "mana/fast-text"]
+
+HYPOTHESIS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                             HealthCheck.filter_too_much])
+
+
+# --- generated JSON ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deep:
+    """A value nested ``depth`` levels (written as text: no encoder would nest it)."""
+
+    depth: int
+    kind: str
+
+    def text(self) -> str:
+        if self.kind == "[":
+            return "[" * self.depth + "]" * self.depth
+        return '{"a":' * self.depth + "1" + "}" * self.depth
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A body sent as these bytes, not as JSON."""
+
+    data: bytes
+
+
+ODD = ["\x00", "\x1b[31m", "\r\n", "\n", "\t", "\x7f", "\x85", "\x9b", "\ud800", "\udfff", "\u2028", "\ufeff",
+       "\u200b", "../", "?", "&", "#", "%00", "%2F", "/", ":", " ", "mana/", "google/", "é", "\U0001f469\u200d\U0001f4bb"]
+odd_text = st.lists(st.one_of(st.sampled_from(ODD), st.text(max_size=6)), max_size=5).map("".join)
+numbers = st.one_of(st.integers(-(2**63), 2**64), st.sampled_from([2**64, -(2**63) - 1, 10**30, -1, 0, 1]),
+                    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([1e308, -1e-308, 0.5]))
+deep = st.builds(Deep, st.one_of(st.sampled_from([200, 255, 256, 257, 600, 1024, 2000]), st.integers(1, 3000)),
+                 st.sampled_from(["[", "{"]))
+scalars = st.one_of(st.none(), st.booleans(), numbers, odd_text)
+any_json = st.recursive(scalars | deep, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(odd_text, inner, max_size=4), max_leaves=12)
+
+
+def field(plausible):
+    """A known field: a plausible value or any JSON at all."""
+    return st.one_of(plausible, any_json)
+
+
+def body_of(known: dict, required: dict | None = None):
+    """An object with some of the ``known`` fields and stray ones; sometimes raw bytes instead."""
+    objects = st.builds(lambda fields, extra: {**extra, **fields},
+                        st.fixed_dictionaries(required or {}, optional=known),
+                        st.dictionaries(odd_text, any_json, max_size=2))
+    raw = st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"[" * 2000, b"{" * 300, b'{"a":' * 600,
+                                                               b"null", b"[]", b'"x"', b"\xff\xfe"])).map(Raw)
+    return st.one_of(objects, objects, objects, any_json, raw)
+
+
+def dump(value) -> bytes:
+    def text(item) -> str:
+        if isinstance(item, Deep):
+            return item.text()
+        if isinstance(item, dict):
+            return "{" + ",".join(f"{json.dumps(str(key))}:{text(val)}" for key, val in item.items()) + "}"
+        if isinstance(item, list):
+            return "[" + ",".join(map(text, item)) + "]"
+        return json.dumps(item)  # ensure_ascii: a lone surrogate goes out as its \ud800 escape
+
+    return value.data if isinstance(value, Raw) else text(value).encode()
+
+
+def path_part(values):
+    """A path segment as a client may send it: percent-encoded, slashes raw or not,
+    invalid UTF-8 (a lone surrogate's bytes) included."""
+    return st.builds(lambda value, safe: quote(value, safe=safe, errors="surrogatepass"),
+                     values, st.sampled_from(["", "/", "/:@"]))
+
+
+text_part = st.fixed_dictionaries({"type": st.just("text"), "text": field(odd_text)})
+image_part = st.fixed_dictionaries({"type": st.just("image_url"), "image_url": field(st.fixed_dictionaries(
+    {"url": field(st.sampled_from(["data:image/png;base64,iVBORw0KGgo=", "data:,", "data:image/png;base64,%%",
+                                   "https://example.invalid/x.png", "file:///etc/passwd"]))}))})
+tool_call = st.fixed_dictionaries({"id": field(odd_text), "type": field(st.just("function")),
+                                   "function": field(st.fixed_dictionaries(
+                                       {}, optional={"name": field(odd_text), "arguments": field(odd_text)}))})
+message = st.fixed_dictionaries(
+    {"role": field(st.sampled_from(["system", "developer", "user", "assistant", "tool", "function"]))},
+    optional={"content": field(st.one_of(odd_text, st.lists(st.one_of(text_part, image_part), max_size=3))),
+              "tool_calls": field(st.lists(tool_call, max_size=2)), "tool_call_id": field(odd_text),
+              "name": field(odd_text)})
+tool = st.fixed_dictionaries({"type": field(st.just("function")), "function": field(st.fixed_dictionaries(
+    {"name": field(odd_text)}, optional={"parameters": any_json, "description": field(odd_text)}))})
+model = st.one_of(st.sampled_from(MODELS), st.builds("{}/{}".format, st.sampled_from(PROVIDERS), odd_text))
+
+CHAT_FIELDS = {
+    "model": field(model), "messages": field(st.lists(message, min_size=1, max_size=3)),
+    "temperature": field(numbers), "top_p": field(numbers), "max_tokens": field(numbers),
+    "max_completion_tokens": field(numbers), "n": field(numbers), "seed": field(numbers),
+    "presence_penalty": field(numbers), "frequency_penalty": field(numbers),
+    "stop": field(st.one_of(odd_text, st.lists(odd_text, max_size=3))), "tools": field(st.lists(tool, max_size=2)),
+    "tool_choice": field(st.one_of(st.sampled_from(["auto", "none", "required"]), any_json)),
+    "response_format": field(st.fixed_dictionaries(
+        {"type": field(st.sampled_from(["text", "json_object", "json_schema"]))},
+        optional={"json_schema": any_json})),
+    "stream_options": field(st.fixed_dictionaries({}, optional={"include_usage": field(st.booleans())})),
+    "metadata": any_json, "user": field(odd_text), "logprobs": any_json,
+}
+EMBEDDING_FIELDS = {
+    "model": field(st.one_of(st.sampled_from(EMBEDDING_MODELS), model)),
+    "input": field(st.one_of(odd_text, st.lists(odd_text, max_size=3), st.lists(numbers, max_size=3),
+                             st.lists(st.lists(numbers, max_size=3), max_size=2))),
+    "dimensions": field(numbers), "encoding_format": field(st.sampled_from(["float", "base64"])),
+    "user": field(odd_text),
+}
+target = st.one_of(st.sampled_from(["ollama/qwen2.5:7b", "groq/llama-3.1-8b-instant", "google/gemini-2.0-flash-exp"]),
+                   st.builds("{}/{}".format, st.sampled_from(PROVIDERS), odd_text), odd_text)
+entry = st.one_of(target, st.fixed_dictionaries({"target": field(target)}, optional={
+    "enabled": field(st.booleans()), "first_token_timeout": field(numbers), "prefill": field(st.booleans())}))
+ALIAS_FIELDS = {
+    "description": field(odd_text), "chain": field(st.lists(field(entry), min_size=1, max_size=4)),
+    "default": field(st.booleans()), "stream_continuation": field(st.booleans()), "cache_ttl": field(numbers),
+}
+alias_name = st.one_of(st.sampled_from(["mana/hostile", "mana/fast-text"]), st.builds("mana/{}".format, odd_text),
+                       odd_text)
+
+
+# --- the gateway under test -------------------------------------------------------------
+
+
+class LogWatch:
+    """The server log read on from where the last check stopped."""
+
+    def __init__(self, server):
+        self.server, self.offset = server, 0
+
+    def new_text(self) -> str:
+        with open(self.server.log_path, "rb") as log:
+            log.seek(self.offset)
+            data = log.read()
+        self.offset += len(data)
+        return data.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def client(gw, fake_upstream):
+    fake_upstream.clear()
+    with httpx.Client(base_url=gw.url, timeout=60, headers={"Content-Type": "application/json"}) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def log(gw):
+    return LogWatch(gw)
+
+
+def check(response: httpx.Response, log: LogWatch) -> None:
+    """What a client may rely on whatever it sent (README#endpoints)."""
+    logged = log.new_text()  # read first: a failing check below must not leave it to the next example
+    status = response.status_code
+    if status >= 300:
+        assert response.headers.get("content-type", "").startswith("application/json"), (status, response.text)
+        error = response.json()["error"]
+        assert {"message", "type", "code", "param"} <= set(error), error
+        assert isinstance(error["message"], str) and error["message"] and isinstance(error["type"], str), error
+        if status >= 500:
+            assert error["type"] in UPSTREAM_ERRORS.get(status, ()), (status, error)
+    elif response.headers.get("content-type", "").startswith("text/event-stream"):
+        assert response.text.rstrip().endswith("data: [DONE]"), response.text[-500:]
+    assert_no_traceback(response.text)
+    assert_no_traceback(logged)
+
+
+def admin(extra: dict | None = None) -> dict:
+    return {"Authorization": f"Bearer {ADMIN_KEY}", **(extra or {})}
+
+
+# --- the endpoints ----------------------------------------------------------------------
+
+
+@HYPOTHESIS
+@given(body=body_of(CHAT_FIELDS))
+def test_chat(client, log, body):
+    check(client.post("/v1/chat/completions", content=dump(body)), log)
+
+
+@HYPOTHESIS
+@given(body=body_of(CHAT_FIELDS, required={"stream": st.just(True)}))
+def test_chat_stream(client, log, body):
+    check(client.post("/v1/chat/completions", content=dump(body)), log)
+
+
+@HYPOTHESIS
+@given(body=body_of(EMBEDDING_FIELDS))
+def test_embeddings(client, log, body):
+    check(client.post("/v1/embeddings", content=dump(body)), log)
+
+
+@HYPOTHESIS
+@given(name=path_part(alias_name), body=body_of(ALIAS_FIELDS))
+def test_alias_put(client, log, name, body):
+    check(client.put(f"/v1/aliases/{name}", content=dump(body), headers=admin()), log)
+
+
+@HYPOTHESIS
+@given(model_id=path_part(st.one_of(model, odd_text)))
+def test_model_read(client, log, model_id):
+    check(client.get(f"/v1/models/{model_id}"), log)
+
+
+@HYPOTHESIS
+@given(provider=path_part(st.one_of(st.sampled_from(PROVIDERS), odd_text)), body=body_of({}))
+def test_breaker_reset(client, log, provider, body):
+    check(client.post(f"/v1/health/{provider}/reset", content=dump(body), headers=admin()), log)
+
+
+def test_server_log_holds_no_traceback(gw, client):
+    """Last in the module: whatever the examples above left in the log after they answered."""
+    assert client.get("/health").status_code == 200
+    text = gw.logs()
+    at = text.find("Traceback")
+    assert at < 0, text[max(0, at - 300):at + 3000]
