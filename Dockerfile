@@ -1,4 +1,5 @@
-# manallm served by daphne. Configure with the environment variables of the README.
+# manallm served by daphne (WEB_CONCURRENCY processes on one socket; SIGTERM drains for
+# SHUTDOWN_GRACE seconds). Configure with the environment variables of the README.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,4 +17,4 @@ RUN mkdir -p /data
 VOLUME ["/data"]
 EXPOSE 3025
 
-CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && python manage.py migrate --noinput && python manage.py import_aliases_if_empty && exec daphne --verbosity 0 -b 0.0.0.0 -p \"$PORT\" manallm.asgi:application"]
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && python manage.py migrate --noinput && python manage.py import_aliases_if_empty && exec python -m manallm.serve --host 0.0.0.0 --port \"$PORT\""]

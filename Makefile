@@ -1,4 +1,5 @@
-# manallm: `make run` serves the gateway, `make test` runs the suite. Both bootstrap .venv.
+# manallm: `make run` serves the gateway (WEB_CONCURRENCY daphne processes on one socket,
+# manallm/serve.py), `make test` runs the suite. Both bootstrap .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,8 +22,8 @@ run: $(STAMP)
 	rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py import_aliases_if_empty
-	@echo "manallm serving on http://0.0.0.0:$(PORT)  (OpenAI API under /v1, admin at /admin/, metrics at /metrics)"
-	exec $(BIN)/daphne --verbosity 0 -b 0.0.0.0 -p $(PORT) manallm.asgi:application
+	@echo "manallm serving on http://0.0.0.0:$(PORT) with $${WEB_CONCURRENCY:-1} process(es)  (OpenAI API under /v1, admin at /admin/, metrics at /metrics)"
+	exec $(BIN)/python -m manallm.serve --host 0.0.0.0 --port $(PORT)
 
 test: $(STAMP)
 	env -u PROMETHEUS_MULTIPROC_DIR $(BIN)/python -m pytest

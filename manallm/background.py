@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Awaitable, Protocol, TypeVar
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -44,6 +44,7 @@ class StateSource(Protocol):
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manallm-db")
 _sources: list[StateSource] = []
 _start_hooks: list[Callable[[], None]] = []
+_shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 _state: dict[str, Any] = {"loop": None, "ready": None, "task": None, "listener": None}
 
 
@@ -57,6 +58,26 @@ def on_start(hook: Callable[[], None]) -> None:
     """Run ``hook`` (sync, cheap, in the event loop) once the sources are loaded (idempotent)."""
     if hook not in _start_hooks:
         _start_hooks.append(hook)
+
+
+def on_shutdown(hook: Callable[[], Awaitable[None]]) -> None:
+    """Await ``hook`` when the server stops gracefully, after its last request: write what
+    this process still holds in memory (idempotent; see ``shutdown``)."""
+    if hook not in _shutdown_hooks:
+        _shutdown_hooks.append(hook)
+
+
+async def shutdown() -> None:
+    """A graceful stop's flush (manallm.serve): the shutdown hooks, then every database
+    write already queued on the DB thread (it runs them in order), then the tasks stop.
+    A hook that fails is logged; the others still run."""
+    for hook in _shutdown_hooks:
+        try:
+            await hook()
+        except Exception:
+            logger.exception("shutdown hook %s failed", getattr(hook, "__qualname__", hook))
+    await run_db(lambda: None)
+    stop()
 
 
 async def run_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

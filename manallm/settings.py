@@ -121,6 +121,10 @@ BREAKER_BACKOFF_SECONDS = env_float("BREAKER_BACKOFF_SECONDS", 60)
 # How often each worker re-reads alias and breaker state written by other processes.
 STATE_POLL_INTERVAL = env_float("STATE_POLL_INTERVAL", 0.25)
 MODELS_CACHE_SECONDS = env_float("MODELS_CACHE_SECONDS", 60)
+# Server processes `make run` starts on one listening socket, and how long a SIGTERM'd
+# server lets in-flight requests and streams finish (README#running-several-replicas).
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
+SHUTDOWN_GRACE = env_float("SHUTDOWN_GRACE", 30)
 
 # (name, kind, URL variable, default URL, key variable); ollama needs no key.
 PROVIDER_CATALOGUE = [

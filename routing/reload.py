@@ -1,7 +1,9 @@
 """SIGHUP re-imports ALIASES_FILE into the database and this process's alias table.
 
-Beside the YAML sync it drives (``aliasfile.sync``); the ASGI entry point installs the
-handler. Other processes follow through the revision, as for any alias change.
+Beside the YAML sync it drives (``aliasfile.sync``). One server process installs the
+handler from the ASGI entry point; with WEB_CONCURRENCY workers the launcher
+(``manallm.serve``) installs it instead and imports the file once for all of them.
+Every other process follows through the revision, as for any alias change.
 """
 import logging
 import signal

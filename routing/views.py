@@ -3,6 +3,7 @@
 Plain async Django views (manallm.views.openai_view), not DRF: this is the hot path, and
 it must not pay DRF's per-request work nor a query (the router reads memory only).
 """
+import asyncio
 import base64
 from array import array
 from urllib.parse import unquote
@@ -11,6 +12,7 @@ import orjson
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from manallm import drain
 from manallm.errors import ModelNotFound, json_response
 from manallm.views import openai_view
 
@@ -37,12 +39,23 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 
 
 async def sse(events):
-    """OpenAI's framing: one `data:` line per event, then `data: [DONE]`."""
+    """OpenAI's framing: one `data:` line per event, then `data: [DONE]`.
+
+    A stream still open when a stopping server's grace runs out ends with the shutdown
+    error event and `[DONE]` (manallm.drain, README#running-several-replicas).
+    """
+    task = drain.stream_opened()
     try:
         async for event in events:
             yield b"data: " + orjson.dumps(event) + b"\n\n"
         yield b"data: [DONE]\n\n"
+    except asyncio.CancelledError:
+        if not drain.ending(task):
+            raise  # the client left
+        yield b"data: " + orjson.dumps(drain.SHUTDOWN_EVENT) + b"\n\n"
+        yield b"data: [DONE]\n\n"
     finally:
+        drain.stream_closed(task)
         await events.aclose()
 
 

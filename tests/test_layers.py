@@ -22,7 +22,7 @@ PACKAGES = ("manallm", "routing", "health", "providers")
 # manallm's top: what wires the apps together, above every app (manallm.views is not: it holds
 # the /v1 views' shared wrapper, which the apps build on).
 MANALLM_TOP = {"manallm.asgi", "manallm.urls", "manallm.handler", "manallm.middleware",
-               "manallm.settings", "manallm.wsgi", "manallm.apps"}
+               "manallm.settings", "manallm.wsgi", "manallm.apps", "manallm.serve"}
 # Which packages each layer must never import.
 FORBIDDEN = {
     "manallm": {"routing", "health", "providers"},  # the core
