@@ -17,7 +17,7 @@ from .validators import AliasError, validate_alias
 
 class ChainEntryInline(admin.TabularInline):
     model = ChainEntry
-    fields = ["position", "target", "enabled", "first_token_timeout"]
+    fields = ["position", "target", "enabled", "first_token_timeout", "prefill"]
     extra = 1
     ordering = ["position", "id"]
 
@@ -36,7 +36,8 @@ class ChainFormSet(forms.BaseInlineFormSet):
                 if form.cleaned_data and not form.cleaned_data.get("DELETE")]
         rows.sort(key=lambda row: row.get("position") or 0)
         chain = [{"target": row["target"], "enabled": row.get("enabled", True),
-                  "first_token_timeout": row.get("first_token_timeout")} for row in rows]
+                  "first_token_timeout": row.get("first_token_timeout"), "prefill": row.get("prefill", False)}
+                 for row in rows]
         name = self.instance.name or "mana/new"
         try:
             self.chain = validate_alias(name, {"description": self.instance.description, "chain": chain}).chain
@@ -54,7 +55,7 @@ class AliasAdmin(admin.ModelAdmin):
     search_fields = ["name", "description", "entries__target"]
     inlines = [ChainEntryInline]
     actions = ["delete_selected"]
-    fields = ["name", "description", "is_default"]
+    fields = ["name", "description", "is_default", "stream_continuation"]
 
     @admin.display(description="chain")
     def chain_display(self, obj):

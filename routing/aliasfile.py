@@ -60,10 +60,10 @@ class Plan:
 
 
 def current():
-    """The database's aliases as {name: AliasSpec-like data} and the default name."""
+    """The database's aliases as {name: AliasSpec} and the default name."""
     aliases, default = {}, None
     for alias in Alias.objects.prefetch_related("entries"):
-        aliases[alias.name] = (alias.description, tuple(alias.specs()))
+        aliases[alias.name] = alias.spec()
         if alias.is_default:
             default = alias.name
     return aliases, default
@@ -75,7 +75,7 @@ def plan(document, *, prune=False):
     for name, spec in sorted(document.aliases.items()):
         if name not in existing:
             result.created.append(name)
-        elif existing[name] != (spec.description, spec.chain):
+        elif existing[name] != spec:
             result.updated.append(name)
         else:
             result.unchanged.append(name)
@@ -114,8 +114,7 @@ def sync(path, *, prune=False, dry_run=False):
 
 def export_data():
     aliases, default = current()
-    data = {"aliases": {name: {"description": description, "chain": [spec.to_data() for spec in chain]}
-                        for name, (description, chain) in sorted(aliases.items())}}
+    data = {"aliases": {name: spec.to_data() for name, spec in sorted(aliases.items())}}
     if default:
         data["default"] = default
     return data

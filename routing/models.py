@@ -51,7 +51,8 @@ class AliasQuerySet(models.QuerySet):
         Returns ``(alias, created)``. ``default=False`` leaves the mark where it is.
         """
         with transaction.atomic():
-            alias, created = self.update_or_create(name=spec.name, defaults={"description": spec.description})
+            alias, created = self.update_or_create(name=spec.name, defaults={
+                "description": spec.description, "stream_continuation": spec.stream_continuation})
             alias.set_chain(spec.chain)
             if default:
                 alias.make_default()
@@ -74,6 +75,9 @@ class Alias(models.Model):
     description = models.TextField(blank=True)
     is_default = models.BooleanField("default", default=False,
                                      help_text="Serves requests that name no model. Exactly one alias is the default.")
+    stream_continuation = models.BooleanField(
+        default=False, help_text="Continue a stream cut after its first token on a chain entry marked "
+                                 "'prefill' instead of ending it with an error (README#stream-continuation).")
 
     objects = AliasQuerySet.as_manager()
 
@@ -116,13 +120,17 @@ class Alias(models.Model):
     def specs(self) -> list[EntrySpec]:
         return [entry.spec() for entry in self.entries.all()]
 
+    def spec(self) -> AliasSpec:
+        """This alias as the validator's value (``spec().to_data()`` is its YAML/API form)."""
+        return AliasSpec(self.name, self.description, tuple(self.specs()), self.stream_continuation)
+
     def set_chain(self, specs) -> None:
         """Replace the chain with these EntrySpecs, in order."""
         with transaction.atomic():
             self.entries.all().delete()
             ChainEntry.objects.bulk_create(
                 ChainEntry(alias=self, position=i, target=spec.target, enabled=spec.enabled,
-                           first_token_timeout=spec.first_token_timeout)
+                           first_token_timeout=spec.first_token_timeout, prefill=spec.prefill)
                 for i, spec in enumerate(specs)
             )
             Revision.bump()  # bulk_create sends no post_save
@@ -137,6 +145,9 @@ class ChainEntry(models.Model):
     first_token_timeout = models.FloatField(
         null=True, blank=True, validators=[first_token_timeout_validator],
         help_text="Seconds to the first token before falling over (empty: FIRST_TOKEN_TIMEOUT).")
+    prefill = models.BooleanField(
+        default=False, help_text="The model continues a trailing assistant message: it may finish a stream "
+                                 "another entry cut (README#stream-continuation).")
 
     class Meta:
         ordering = ["position", "id"]
@@ -147,7 +158,7 @@ class ChainEntry(models.Model):
         return self.target
 
     def spec(self):
-        return EntrySpec(self.target, self.enabled, self.first_token_timeout)
+        return EntrySpec(self.target, self.enabled, self.first_token_timeout, self.prefill)
 
 
 class Revision(models.Model):

@@ -10,16 +10,19 @@ from .validators import AliasError, validate_alias
 
 
 class AliasSerializer(serializers.Serializer):
-    """``{"name", "description", "chain": [targets]}`` out; ``{"description", "chain",
-    "default"?}`` in, the name coming from the URL (``context["name"]``).
+    """``{"name", "description", "chain", "stream_continuation"?}`` out and ``{"description",
+    "chain", "stream_continuation"?, "default"?}`` in, the name coming from the URL
+    (``context["name"]``): the aliases file's shape (README#aliases-file), so a GET body
+    can be PUT back. A chain entry is a ``provider/model`` string, or a mapping
+    ``{"target", "enabled", "first_token_timeout", "prefill"}`` when it carries options;
+    ``stream_continuation`` appears only when true.
 
     No declared fields: the chain's entries are strings or mappings, which
     validate_alias already checks with messages naming the alias and the field.
     """
 
     def to_representation(self, alias: Alias) -> dict:
-        return {"name": alias.name, "description": alias.description,
-                "chain": [entry.target for entry in alias.entries.all()]}
+        return {"name": alias.name, **alias.spec().to_data()}
 
     created = False  # set by save(): whether the PUT made a new alias
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from .validators import EntrySpec
+from .validators import AliasSpec, EntrySpec
 
 logger = logging.getLogger("manallm.routing")
 
@@ -23,6 +23,7 @@ class Entry:
     model: str
     enabled: bool = True
     first_token_timeout: float | None = None
+    prefill: bool = False
 
     @property
     def target(self) -> str:
@@ -31,7 +32,10 @@ class Entry:
     @classmethod
     def from_spec(cls, spec: EntrySpec) -> "Entry":
         provider, _, model = spec.target.partition("/")
-        return cls(provider, model, spec.enabled, spec.first_token_timeout)
+        return cls(provider, model, spec.enabled, spec.first_token_timeout, spec.prefill)
+
+    def spec(self) -> EntrySpec:
+        return EntrySpec(self.target, self.enabled, self.first_token_timeout, self.prefill)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,12 @@ class AliasView:
     name: str
     description: str
     chain: tuple  # of Entry
+    stream_continuation: bool = False
+
+    def spec(self) -> AliasSpec:
+        """The alias as the validator's value: ``spec().to_data()`` is its YAML/API form."""
+        return AliasSpec(self.name, self.description, tuple(entry.spec() for entry in self.chain),
+                         self.stream_continuation)
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -62,7 +72,8 @@ class AliasTable:
         aliases, default = {}, None
         for alias in Alias.objects.prefetch_related("entries"):
             aliases[alias.name] = AliasView(
-                alias.name, alias.description, tuple(Entry.from_spec(entry.spec()) for entry in alias.entries.all())
+                alias.name, alias.description, tuple(Entry.from_spec(entry.spec()) for entry in alias.entries.all()),
+                alias.stream_continuation,
             )
             if alias.is_default:
                 default = alias.name
@@ -110,6 +121,12 @@ class AliasTable:
                 f"Unknown model {name!r}: use an alias (mana/<class>), provider/model with a provider of "
                 f"{', '.join(settings.PROVIDER_NAMES)}, or a bare Ollama model name.", param="model")
         return None, (Entry(provider, model),)
+
+    def continuation_chain(self, alias: str | None) -> tuple[Entry, ...] | None:
+        """The chain a stream of ``alias`` may continue on after a mid-stream failure, or
+        None when the alias does not opt in (README#stream-continuation): one dict lookup."""
+        view = self.snapshot.aliases.get(alias) if alias else None
+        return view.chain if view is not None and view.stream_continuation else None
 
 
 aliases = AliasTable()

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 ALIAS_NAME = re.compile(r"mana/[A-Za-z0-9][A-Za-z0-9._:-]*")  # fullmatch: "$" would let a final "\n" in
-ENTRY_OPTIONS = {"target", "enabled", "first_token_timeout"}
+ENTRY_OPTIONS = {"target", "enabled", "first_token_timeout", "prefill"}
+ALIAS_FIELDS = {"description", "chain", "stream_continuation"}
 
 # The bounds of alias data (README#aliases-file). A target fits ChainEntry.target's column.
 MAX_CLASS_CHARS = 64  # after "mana/"
@@ -67,10 +68,11 @@ class EntrySpec:
     target: str
     enabled: bool = True
     first_token_timeout: float | None = None
+    prefill: bool = False  # accepts an assistant prefill: may continue a cut stream (README#stream-continuation)
 
     @property
     def has_options(self):
-        return not self.enabled or self.first_token_timeout is not None
+        return not self.enabled or self.first_token_timeout is not None or self.prefill
 
     def to_data(self):
         """The YAML/API form: a plain string unless the entry carries options."""
@@ -82,6 +84,8 @@ class EntrySpec:
         if self.first_token_timeout is not None:
             timeout = self.first_token_timeout
             data["first_token_timeout"] = int(timeout) if float(timeout).is_integer() else timeout
+        if self.prefill:
+            data["prefill"] = True
         return data
 
 
@@ -140,15 +144,22 @@ def validate_entry(entry: object, *, alias: str | None = None, index: int = 0) -
                          f"{', '.join(sorted(ENTRY_OPTIONS))}", alias=alias, field=field)
     if "target" not in entry:
         raise AliasError("a mapping entry needs 'target: provider/model'", alias=alias, field=field)
-    enabled = entry.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise AliasError(f"'enabled' must be true or false, not {enabled!r}", alias=alias, field=f"{field}.enabled")
+    enabled = validate_flag(entry.get("enabled", True), alias=alias, field=f"{field}.enabled")
     return EntrySpec(
         validate_target(entry["target"], alias=alias, field=f"{field}.target"),
         enabled,
         validate_first_token_timeout(entry.get("first_token_timeout"), alias=alias,
                                      field=f"{field}.first_token_timeout"),
+        validate_flag(entry.get("prefill", False), alias=alias, field=f"{field}.prefill"),
     )
+
+
+def validate_flag(value: object, *, alias: str | None = None, field: str) -> bool:
+    """A YAML/JSON boolean: ``true`` or ``false``, never a string or a number."""
+    if not isinstance(value, bool):
+        raise AliasError(f"'{field.rpartition('.')[2]}' must be true or false, not {shown(value)}",
+                         alias=alias, field=field)
+    return value
 
 
 def validate_chain(chain: object, *, alias: str | None = None) -> list["EntrySpec"]:
@@ -187,9 +198,14 @@ class AliasSpec:
     name: str
     description: str
     chain: tuple
+    stream_continuation: bool = False  # README#stream-continuation
 
     def to_data(self):
-        return {"description": self.description, "chain": [entry.to_data() for entry in self.chain]}
+        """The YAML/API form: ``stream_continuation`` only when set, entries as EntrySpec.to_data."""
+        data = {"description": self.description, "chain": [entry.to_data() for entry in self.chain]}
+        if self.stream_continuation:
+            data["stream_continuation"] = True
+        return data
 
 
 def validate_alias(name: object, body: object) -> "AliasSpec":
@@ -197,13 +213,14 @@ def validate_alias(name: object, body: object) -> "AliasSpec":
     validate_alias_name(name)
     if not isinstance(body, dict):
         raise AliasError("must be a mapping with 'description' and 'chain'", alias=name, field="body")
-    unknown = _keys(set(body) - {"description", "chain"})
+    unknown = _keys(set(body) - ALIAS_FIELDS)
     if unknown:
         raise AliasError(f"unknown field(s) {', '.join(unknown)}", alias=name, field=unknown[0])
     if "chain" not in body:
         raise AliasError("is required", alias=name, field="chain")
     return AliasSpec(name, validate_description(body.get("description"), alias=name),
-                     tuple(validate_chain(body["chain"], alias=name)))
+                     tuple(validate_chain(body["chain"], alias=name)),
+                     validate_flag(body.get("stream_continuation", False), alias=name, field="stream_continuation"))
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,10 @@ def test_put_with_options_and_description_optional(client):
         {"target": "groq/llama-3.1-8b-instant", "first_token_timeout": 5},
         {"target": "ollama/qwen2.5:7b", "enabled": False}]})
     assert response.status_code == 201
-    assert response.json() == {"name": "mana/opts", "description": "",
-                               "chain": ["groq/llama-3.1-8b-instant", "ollama/qwen2.5:7b"]}
+    # Entries with options read back as mappings, as in the aliases file (README#aliases-file).
+    assert response.json() == {"name": "mana/opts", "description": "", "chain": [
+        {"target": "groq/llama-3.1-8b-instant", "first_token_timeout": 5},
+        {"target": "ollama/qwen2.5:7b", "enabled": False}]}
     entries = list(Alias.objects.get(name="mana/opts").entries.values_list("target", "enabled", "first_token_timeout"))
     assert entries == [("groq/llama-3.1-8b-instant", True, 5.0), ("ollama/qwen2.5:7b", False, None)]
 
