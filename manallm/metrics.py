@@ -28,6 +28,9 @@ provider_healthy = Gauge("mana_llm_provider_healthy", "1 while the provider's br
 deployment_healthy = Gauge("mana_llm_deployment_healthy", "1 while the deployment's breaker is closed.",
                            ["provider", "model"], multiprocess_mode="livemostrecent")
 retries = Counter("mana_llm_retries_total", "Extra attempts on the same entry.", ["provider", "model", "reason"])
+stream_continuations = Counter("mana_llm_stream_continuations_total",
+                               "Tries to continue a stream that failed after its first token.",
+                               ["from_model", "to_model", "result"])
 
 
 def on_breaker_transition(transition: Any) -> None:

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
@@ -131,7 +131,71 @@ class Router:
 
         started: Served[Started] = await self.walk(body, attempt, streaming=True)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return replace(started, value=Relay(self, started, include_usage))
+        chain = self.aliases.continuation_chain(started.alias)
+        return replace(started, value=Relay(self, started, include_usage, body=body, chain=chain))
+
+    async def continue_stream(self, body: Body, chain: tuple[Entry, ...], failed: Entry, tried: set[str],
+                              wrap: Callable[[AsyncIterator[dict]], AsyncIterator[dict]]) -> Served[Started] | None:
+        """Continue a stream ``failed`` broke after its first token (README#stream-continuation).
+
+        From ``failed`` onward in chain order, the first entry marked ``prefill`` that no
+        continuation of this request went to yet (``tried``) and that is not skipped (as
+        the walk skips: a continuation is a call, so it claims a half-open breaker's trial)
+        gets ``body`` (the request plus the assistant prefill). Returns that part once its
+        first token is in hand, its upstream read through ``wrap``; the caller releases it.
+        None when no entry is left or the one tried fails before its first token: never a
+        fallback to the next, the stream then ends with the original failure.
+        """
+        targets = [entry.target for entry in chain]
+        start = targets.index(failed.target) if failed.target in targets else 0
+        for entry in chain[start:]:
+            if not entry.prefill or entry.target in tried:
+                continue
+            provider = self.providers.get(entry.provider)
+            reason = self._claim(provider, entry)
+            if reason is None and not provider.try_acquire():
+                reason = "saturated"
+            if reason is not None:
+                logger.info("stream continuation skips %s: %s", entry.target, reason)
+                continue
+            tried.add(entry.target)
+            return await self._continue_on(provider, entry, body, failed, wrap)
+        logger.info("no chain entry can continue the stream %s cut", failed.target)
+        return None
+
+    async def _continue_on(self, provider: Any, entry: Entry, body: Body, failed: Entry,
+                           wrap: Callable[[AsyncIterator[dict]], AsyncIterator[dict]]) -> Served[Started] | None:
+        """One continuation try, counted in mana_llm_stream_continuations_total."""
+        release = _once(provider.release)
+        timeout = entry.first_token_timeout or settings.FIRST_TOKEN_TIMEOUT
+        started = self.clock()
+        error: errors.ProviderError | None = None
+        try:
+            value = await first_token(wrap(provider.chat_stream(entry.model, body).__aiter__()), timeout, self.clock)
+        except TimeoutError:
+            error = errors.FirstTokenTimeout(f"{entry.target} gave no first token within {timeout:g} s.")
+        except errors.ProviderError as exc:
+            error = exc
+        except Exception:
+            # A bug, not an outage: the stream still ends with its original failure.
+            logger.exception("unexpected error continuing a stream on %s", entry.target)
+            metrics.llm_errors.labels(entry.provider, entry.model, "unexpected").inc()
+            release()
+            metrics.stream_continuations.labels(failed.target, entry.target, "failed").inc()
+            return None
+        except BaseException:
+            release()
+            raise
+        if error is not None:
+            release()
+            self._record_failure(entry, error)
+            logger.warning("continuing the stream %s cut on %s failed: %s", failed.target, entry.target, error.message)
+            metrics.stream_continuations.labels(failed.target, entry.target, "failed").inc()
+            return None
+        self.breakers.record_success(entry.provider, entry.model)
+        metrics.stream_continuations.labels(failed.target, entry.target, "continued").inc()
+        logger.info("the stream %s cut continues on %s", failed.target, entry.target)
+        return Served(entry, None, [], value, started, release)
 
     # --- the walk ----------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from providers.base import has_content
 
 if TYPE_CHECKING:
     from .router import Router, Served
+    from .table import Entry
 
 logger = logging.getLogger("manallm.router")
 
@@ -63,13 +64,19 @@ class Relay:
     Iterate it to the end or ``aclose`` it: either frees the upstream and the concurrency
     slot, even when iteration never began (an async generator that never started would
     not run its ``finally``).
+
+    Given a ``chain`` (the alias opted in to stream continuation), a failure after the
+    first token is continued on a ``prefill`` entry of it (README#stream-continuation);
+    only then does the relay keep a ``Transcript`` of what went out.
     """
 
-    def __init__(self, router: Router, served: Served[Started], include_usage: bool):
+    def __init__(self, router: Router, served: Served[Started], include_usage: bool, *,
+                 body: dict | None = None, chain: tuple[Entry, ...] | None = None):
         self._router = router
         self._served = served
         self._started = served.value
         self._include_usage = include_usage
+        self._continuation = None if chain is None else Continuation(body or {}, chain, served.value)
         self._events = self._relay()
         self._began = False
 
@@ -101,55 +108,187 @@ class Relay:
         self._served.release()
 
     async def _relay(self) -> AsyncIterator[Chunk]:
-        served, started = self._served, self._started
-        target = served.target
+        # One part per entry that served: the committed one, then any continuations. The
+        # per-chunk loop is the same for every stream; only a failure looks further.
+        part: Served[Started] | None = self._served
+        started = self._started
         usage = None
-        if started.first_token_at is not None:
-            metrics.time_to_first_token.labels(served.entry.provider, served.entry.model).observe(
-                started.first_token_at - served.started)
         try:
-            for chunk in started.buffered:
-                usage = chunk.get("usage") or usage
-                if forward(chunk, self._include_usage):
-                    chunk["model"] = target
-                    yield chunk
-            if started.iterator is None:
-                return
             while True:
-                try:
-                    async with asyncio.timeout(settings.STREAM_IDLE_TIMEOUT):
-                        chunk = await anext(started.iterator)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    error = errors.Timeout(f"{target} went silent for {settings.STREAM_IDLE_TIMEOUT:g} s mid-stream.")
-                    yield self._failed(error)
+                target = part.target
+                if started.first_token_at is not None:
+                    metrics.time_to_first_token.labels(part.entry.provider, part.entry.model).observe(
+                        started.first_token_at - part.started)
+                for chunk in started.buffered:
+                    usage = chunk.get("usage") or usage
+                    if forward(chunk, self._include_usage):
+                        chunk["model"] = target
+                        yield chunk
+                if started.iterator is None:
                     return
-                except errors.ProviderError as error:
-                    yield self._failed(error)
+                while True:
+                    try:
+                        async with asyncio.timeout(settings.STREAM_IDLE_TIMEOUT):
+                            chunk = await anext(started.iterator)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:
+                        error = errors.Timeout(f"{target} went silent for {settings.STREAM_IDLE_TIMEOUT:g} s "
+                                               "mid-stream.")
+                        break
+                    except errors.ProviderError as exc:
+                        error = exc
+                        break
+                    usage = chunk.get("usage") or usage
+                    if forward(chunk, self._include_usage):
+                        chunk["model"] = target
+                        yield chunk
+                failed = part.entry
+                self._record_failure(failed, error)
+                if self._continuation is None:
+                    yield failure_event(failed, error)
                     return
-                usage = chunk.get("usage") or usage
-                if forward(chunk, self._include_usage):
-                    chunk["model"] = target
-                    yield chunk
+                await self._end(part, started, usage)
+                part = None  # ended: its slot is free for a continuation on the same provider
+                part = await self._continuation.resume(self._router, failed)
+                if part is None:
+                    yield failure_event(failed, error)
+                    return
+                started = part.value
         finally:
-            if started.iterator is not None:
-                await close_quietly(started.iterator)
-            served.release()
-            self._router.finish(served, usage)
+            if part is not None:
+                await self._end(part, started, usage)
 
-    def _failed(self, error: errors.ProviderError) -> Chunk:
-        """The in-band error event that ends a committed stream; the failure counts on the
-        deployment's breaker like any other."""
-        entry = self._served.entry
+    async def _end(self, part: Served[Started], started: Started, usage: dict | None) -> None:
+        """Close one part's upstream, free its slot, record its latency and tokens."""
+        if started.iterator is not None:
+            await close_quietly(started.iterator)
+        part.release()
+        if self._continuation is not None:
+            usage = self._continuation.transcript.usage
+        self._router.finish(part, usage)
+
+    def _record_failure(self, entry: Entry, error: errors.ProviderError) -> None:
+        """A failure after the first token counts on the deployment's breaker like any other
+        (before any continuation is tried)."""
         logger.warning("stream from %s failed after its first token: %s", entry.target, error.message)
         metrics.llm_errors.labels(entry.provider, entry.model, error.reason).inc()
         if error.breaker:
             self._router.breakers.record_failure(entry.provider, entry.model, "deployment",
                                                  f"{error.reason}: {error.message}"[:300])
-        return {"error": {"message": f"The stream from {entry.target} was cut short: {error.message}",
-                          "type": error.type if error.type != "upstream_error" else "stream_error",
-                          "code": error.reason, "param": None}}
+
+
+def failure_event(entry: Entry, error: errors.ProviderError) -> Chunk:
+    """The in-band error event that ends a committed stream: never a clean end."""
+    return {"error": {"message": f"The stream from {entry.target} was cut short: {error.message}",
+                      "type": error.type if error.type != "upstream_error" else "stream_error",
+                      "code": error.reason, "param": None}}
+
+
+# --- stream continuation (README#stream-continuation) -----------------------------------------
+
+MAX_CONTINUATIONS = 2
+
+
+class Transcript:
+    """What a continuable stream has sent: its text, whether it carried tool calls, its
+    ``id``, and usage (this part's own, and the sum of the parts before it).
+
+    It sees every chunk as it leaves an upstream (``Recorded``) and makes a continued
+    part's chunks further chunks of the same stream: the first part's ``id`` and
+    ``created``, no second ``role``, usage summed over the parts.
+    """
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.tool_calls = False
+        self.id: str | None = None
+        self.created: int | None = None
+        self.parts = 0  # continuations started
+        self.prior: dict | None = None
+        self.usage: dict | None = None
+
+    def see(self, chunk: Chunk) -> None:
+        if self.parts:
+            if self.id is not None:
+                chunk["id"], chunk["created"] = self.id, self.created
+        elif self.id is None:
+            self.id, self.created = chunk.get("id"), chunk.get("created")
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            if not delta:
+                continue
+            if self.parts:
+                delta.pop("role", None)
+            if delta.get("content"):
+                self.text.append(delta["content"])
+            if delta.get("tool_calls"):
+                self.tool_calls = True
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
+            if self.prior:
+                chunk["usage"] = add_usage(self.prior, usage)
+
+    def next_part(self) -> None:
+        if self.usage:
+            self.prior = add_usage(self.prior, self.usage)
+        self.usage = None
+        self.parts += 1
+
+
+class Recorded:
+    """An upstream stream whose chunks a ``Transcript`` sees as they pass; closing it closes
+    the upstream, even before its first chunk was asked for."""
+
+    def __init__(self, inner: AsyncIterator[Chunk], transcript: Transcript):
+        self._inner = inner
+        self._transcript = transcript
+
+    def __aiter__(self) -> Recorded:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        chunk = await anext(self._inner)
+        self._transcript.see(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        await close_quietly(self._inner)
+
+
+class Continuation:
+    """A stream of an alias with ``stream_continuation``: the request and chain to continue
+    it from, what it sent so far, and the entries a continuation already went to."""
+
+    def __init__(self, body: dict, chain: tuple[Entry, ...], started: Started):
+        self.body = body
+        self.chain = chain
+        self.tried: set[str] = set()
+        self.transcript = Transcript()
+        for chunk in started.buffered:
+            self.transcript.see(chunk)
+        if started.iterator is not None:
+            started.iterator = Recorded(started.iterator, self.transcript)
+
+    async def resume(self, router: Router, failed: Entry) -> Served[Started] | None:
+        """The next part of the stream after ``failed`` broke it, or None: the stream
+        carried tool calls, two continuations were spent, no entry can take it, or the one
+        that did failed before its first token."""
+        transcript = self.transcript
+        if transcript.tool_calls or transcript.parts >= MAX_CONTINUATIONS:
+            return None
+        transcript.next_part()
+        prefill = {"role": "assistant", "content": "".join(transcript.text)}
+        body = {**self.body, "messages": [*self.body.get("messages", ()), prefill]}
+        return await router.continue_stream(body, self.chain, failed, self.tried,
+                                            lambda iterator: Recorded(iterator, transcript))
+
+
+def add_usage(first: dict | None, second: dict) -> dict:
+    """Two parts' usage as one (the final usage chunk sums all parts)."""
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return {key: ((first or {}).get(key) or 0) + (second.get(key) or 0) for key in keys}
 
 
 def forward(chunk: Chunk, include_usage: bool) -> bool:

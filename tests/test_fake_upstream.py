@@ -538,6 +538,70 @@ def test_fault_text_finish_reason(client, fake):
     assert d["done_reason"] == "length" and d["message"]["content"] == ""
 
 
+def _streamed_text(client, dialect, messages, model="m"):
+    """The text of one streamed answer from the fake, in its dialect."""
+    if dialect == "openai":
+        events = sse_data(client.post("/openrouter/v1/chat/completions", json={
+            "model": model, "stream": True, "messages": messages}).text)
+        chunks = [json.loads(e) for e in events if e != "[DONE]"]
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    lines = client.post("/api/chat", json={"model": model, "messages": messages}).text.splitlines()
+    return "".join(json.loads(x)["message"]["content"] for x in lines)
+
+
+@pytest.mark.parametrize("dialect", ["openai", "ollama"])
+def test_prefilled_assistant_message_is_continued(client, fake, dialect):
+    question = [{"role": "user", "content": "tell me a story"}]
+    answer = _streamed_text(client, dialect, question)
+    assert answer == _streamed_text(client, dialect, question)  # deterministic for the prompt
+    words = answer.split(" ")
+    for cut in (1, 3, len(words) - 1):
+        prefix = " ".join(words[:cut]) + " "  # as a stream cut after `cut` chunks sent it
+        rest = _streamed_text(client, dialect, [*question, {"role": "assistant", "content": prefix}])
+        assert rest == answer[len(prefix):] and prefix + rest == answer
+    # A prefix cut mid-word (or without the trailing space) continues exactly from there.
+    prefix = answer[:7]
+    assert _streamed_text(client, dialect, [*question, {"role": "assistant", "content": prefix}]) == answer[7:]
+    # A fixed answer (`text`) is continued the same way; usage counts what was generated.
+    fake.fault("openrouter" if dialect == "openai" else "ollama", "*", times=1, text="one two three four")
+    assert _streamed_text(client, dialect, [*question, {"role": "assistant", "content": "one two "}]) == \
+        "three four"
+
+
+def test_prefill_continuation_plain_call_and_usage(client):
+    question = [{"role": "user", "content": "hi"}]
+    full = oa_chat(client, messages=question).json()
+    text = full["choices"][0]["message"]["content"]
+    prefix = text.split(" ")[0] + " "
+    rest = oa_chat(client, messages=[*question, {"role": "assistant", "content": prefix}]).json()
+    assert rest["choices"][0]["message"]["content"] == text[len(prefix):]
+    assert rest["usage"]["completion_tokens"] == len(text[len(prefix):].split())
+    assert rest["usage"]["prompt_tokens"] == 1 + len(prefix.split())  # the prefill is prompt
+    # An assistant message in the middle of the conversation is history, not a prefill.
+    history = [*question, {"role": "assistant", "content": prefix}, {"role": "user", "content": "hi"}]
+    assert oa_chat(client, messages=history).json()["choices"][0]["message"]["content"] == text
+
+
+@pytest.mark.parametrize("dialect", ["openai", "ollama"])
+def test_fault_refuse_prefill(client, fake, dialect):
+    upstream = "openrouter" if dialect == "openai" else "ollama"
+    fake.fault(upstream, "*", refuse_prefill=True)  # a model that never continues: stays queued
+    question = [{"role": "user", "content": "hi"}]
+    prefilled = [*question, {"role": "assistant", "content": "Hello "}]
+    path = "/openrouter/v1/chat/completions" if dialect == "openai" else "/api/chat"
+    for stream in (True, False):
+        refused = client.post(path, json={"model": "m", "stream": stream, "messages": prefilled})
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        message = error["message"] if dialect == "openai" else error
+        assert "prefill" in message
+        if dialect == "openai":
+            assert error["type"] == "invalid_request_error"
+    # Without a trailing assistant message the same model answers as usual.
+    assert _streamed_text(client, dialect, question).startswith("Hello from ")
+    assert len(fake.faults()) == 1
+
+
 def test_fault_first_token_delay(fake):
     delay = 0.5
     fake.fault("openrouter", "*", first_token_delay=delay)
