@@ -4,13 +4,14 @@ A management write, so DRF like the alias API: the admin key, or a staff session
 carries the CSRF token (manallm.auth). A sync view, as the admin's reset action: with no
 event loop in its thread the board writes the rows before the response goes out.
 """
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from manallm.auth import ManagementAccess, StaffSession
 from manallm.errors import NotFound
+from manallm.jsonbody import JSONBodyParser
 from providers import registry
 
 from .board import breakers
@@ -22,7 +23,7 @@ class BreakerResetView(APIView):
     permission_classes = [ManagementAccess]
     # The body is ignored, but a session's CSRF check reads a POST's form fields (a
     # form's csrfmiddlewaretoken): parse what a browser posts instead of answering 415.
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    parser_classes = [FormParser, MultiPartParser, JSONBodyParser]  # JSON: manallm.jsonbody's limits
 
     def post(self, request: Request, provider: str) -> Response:
         configured = registry.configured()

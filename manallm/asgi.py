@@ -1,4 +1,5 @@
-"""ASGI entry point, served by daphne (channels' ProtocolTypeRouter for HTTP)."""
+"""ASGI entry point, served by daphne: channels' ProtocolTypeRouter, HTTP to Django and
+every WebSocket handshake refused (the gateway has no WebSocket endpoint)."""
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "manallm.settings")
@@ -16,4 +17,13 @@ from routing.reload import install_sighup  # noqa: E402
 
 install_sighup()
 
-application = ProtocolTypeRouter({"http": django_application})
+
+async def refuse_websocket(scope, receive, send) -> None:
+    """Close a WebSocket handshake before accepting it: the client gets a 403, and daphne
+    no longer answers a bodiless 500 and logs a traceback for a scope with no application."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})
+
+
+application = ProtocolTypeRouter({"http": django_application, "websocket": refuse_websocket})

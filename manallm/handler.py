@@ -25,12 +25,14 @@ import asyncio
 import contextvars
 import hashlib
 import inspect
+import tempfile
 
 import django
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core import checks, signals
 from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
 from django.db import close_old_connections, reset_queries
 from django.urls import set_script_prefix
 
@@ -45,7 +47,57 @@ _db_free = contextvars.ContextVar("manallm_db_free_request", default=False)
 _owns_connection_housekeeping = False
 
 
+class RequestBody(tempfile.SpooledTemporaryFile):
+    """A request body as read from the ASGI server: ``received`` bytes in all, and
+    ``too_large`` when that passed ``MAX_REQUEST_BYTES`` (the bytes were then dropped)."""
+
+    received = 0
+    too_large = False
+
+
+class GatewayRequest(ASGIRequest):
+    """Django's ASGI request, knowing its body's real size.
+
+    A chunked body has no Content-Length, and DRF reads such a body as empty; the body
+    has been read whole by now, so its length is known and set. ``body_too_large`` is
+    what ``manallm.jsonbody`` answers with a 413 (README#endpoints, one limit for every
+    body, chunked or not).
+    """
+
+    def __init__(self, scope, body_file):
+        super().__init__(scope, body_file)
+        self.body_too_large = getattr(body_file, "too_large", False)
+        received = getattr(body_file, "received", 0)
+        if received and not self.META.get("CONTENT_LENGTH"):
+            self.META["CONTENT_LENGTH"] = str(received)
+
+
 class GatewayASGIHandler(ASGIHandler):
+    request_class = GatewayRequest
+
+    async def read_body(self, receive):
+        """Django's ``read_body``, keeping at most ``MAX_REQUEST_BYTES``: past that the rest
+        is read and dropped (the server must take the whole request before it answers)
+        and the body is marked too large, whether or not a Content-Length announced it."""
+        limit = settings.MAX_REQUEST_BYTES
+        body_file = RequestBody(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted()
+            chunk = message.get("body") or b""
+            body_file.received += len(chunk)
+            if body_file.received > limit and not body_file.too_large:
+                body_file.too_large = True
+                body_file.truncate(0)
+            if chunk and not body_file.too_large:
+                body_file.write(chunk)
+            if not message.get("more_body", False):
+                break
+        body_file.seek(0)
+        return body_file
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")

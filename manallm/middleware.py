@@ -4,6 +4,7 @@ Every class here is async-native: Django runs a sync-only middleware hook throug
 thread hop, and the /v1 hot path is meant to have none beyond what Django itself does.
 """
 import logging
+import re
 import time
 import uuid
 
@@ -29,6 +30,10 @@ BROWSER_STACK = [
 ]
 
 access_log = logging.getLogger("manallm.access")
+# A client's X-Request-ID is echoed and logged only when it is a bounded run of visible
+# ASCII (README#endpoints); anything else (control characters, spaces, 8 KB) is replaced
+# by a generated id rather than carried into a header or a log line.
+REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 
 class AsyncMiddleware:
@@ -43,11 +48,14 @@ class AsyncMiddleware:
 
 
 class RequestIDMiddleware(AsyncMiddleware):
-    """Echo X-Request-ID (or make one), put it in every log line of the request, and
-    log one line per API request (what was asked, what served it, how long it took)."""
+    """Echo X-Request-ID (or make one, also in place of an unfit one: REQUEST_ID), put it
+    in every log line of the request, and log one line per API request (what was asked,
+    what served it, how long it took)."""
 
     async def __call__(self, request):
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-ID")
+        if not request_id or not REQUEST_ID.fullmatch(request_id):
+            request_id = uuid.uuid4().hex
         request.request_id = request_id
         # Not reset on the way out: Django's ASGI handler serves each request in a task of
         # its own (its own copy of the context), and what is logged after this returns — a

@@ -15,7 +15,9 @@ import orjson
 import pydantic
 from google.genai import types
 
-from . import errors
+from manallm import jsonbody
+
+from . import errors, model_names
 from .openai_request import (b64decode, content_parts, data_url, decode_arguments, image_url, is_text, sampling,
                              structured_output, text_of)
 
@@ -55,8 +57,8 @@ def function_args(value: Any) -> dict:
 def tool_result(content: Any) -> dict:
     text = text_of(content)
     try:
-        parsed = orjson.loads(text) if text else None
-    except orjson.JSONDecodeError:
+        parsed = jsonbody.loads(text) if text else None  # the request body's depth limit
+    except (orjson.JSONDecodeError, jsonbody.TooDeep):
         parsed = None
     return parsed if isinstance(parsed, dict) else {"result": text}
 
@@ -77,7 +79,13 @@ class RequestTranslation:
         self.scrub = scrub
 
     def model(self, model: str | None) -> str:
+        """The SDK's model name; one it cannot put in a URL (stored before the alias
+        validator refused it) is refused here, never passed to the SDK's bare ValueError."""
         model = (model or "").strip() or self.default_model
+        problem = model_names.kind_problem("google", model)
+        if problem:
+            raise errors.UpstreamRequestError(f"{self.name}: the model name {model!r} {problem}",
+                                              param="model", code="invalid_model")
         return model[len("models/"):] if model.startswith("models/") else model
 
     def _refuse(self, message: str) -> errors.CapabilityError:

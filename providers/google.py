@@ -21,6 +21,7 @@ this module holds the SDK client and calls it. SDK findings this adapter relies 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from . import base, errors, transport
+from . import base, errors, model_names, transport
 from .gemini_answer import AnswerTranslation, ThoughtSignatures
 from .gemini_request import RequestTranslation
 
@@ -46,6 +47,26 @@ API_VERSION = "v1beta"
 DEFAULT_URL = "https://generativelanguage.googleapis.com"
 MAX_MODEL_PAGES = 20
 _ssl_context = None
+# The httpx responses the SDK opens while a stream of ours is making its calls: the
+# SDK never closes a streamed response, so chat_stream closes them itself.
+_opened: contextvars.ContextVar[list[httpx.Response] | None] = contextvars.ContextVar("google_opened",
+                                                                                       default=None)
+
+
+async def _track_response(response: httpx.Response) -> None:
+    """Response event hook: note a response opened for the stream being served, if any."""
+    opened = _opened.get()
+    if opened is not None:
+        opened.append(response)
+
+
+async def _tracked(awaitable: Any, opened: list[httpx.Response]) -> Any:
+    """Await an SDK call with the responses it opens noted in ``opened``."""
+    token = _opened.set(opened)
+    try:
+        return await awaitable
+    finally:
+        _opened.reset(token)
 
 
 def ssl_context() -> ssl.SSLContext:
@@ -107,7 +128,8 @@ class GoogleProvider(base.Provider):
             timeout=self.timeout,
             connect_timeout=self.connect_timeout,
             follow_redirects=False,
-            event_hooks={"request": [self._set_connect_timeout], "response": [self._skip_malformed_events]},
+            event_hooks={"request": [self._set_connect_timeout],
+                         "response": [self._skip_malformed_events, _track_response]},
         )
         options = types.HttpOptions(
             api_version=API_VERSION,
@@ -174,26 +196,32 @@ class GoogleProvider(base.Provider):
     async def chat_stream(self, model: str, body: dict) -> AsyncIterator[dict]:
         request = self.requests.request(model, body)
         translation = self.answers.stream(request.model)
+        opened: list[httpx.Response] = []
         try:
-            stream = await self.client.aio.models.generate_content_stream(
-                model=request.model, contents=request.contents, config=request.config)
-        except Exception as exc:
-            self._raise(exc)
-        # Closed when the consumer leaves (client disconnect, first-token timeout), so
-        # the SDK's generator closes its response and the upstream request is cut at once.
-        async with contextlib.aclosing(stream):
-            iterator = stream.__aiter__()
-            while True:
-                try:
-                    response = await iterator.__anext__()
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    self._raise(exc)
-                for chunk in translation.chunks(response):
-                    yield chunk
-        for chunk in translation.end():
-            yield chunk
+            try:
+                stream = await _tracked(self.client.aio.models.generate_content_stream(
+                    model=request.model, contents=request.contents, config=request.config), opened)
+            except Exception as exc:
+                self._raise(exc)
+            async with contextlib.aclosing(stream):
+                iterator = stream.__aiter__()
+                while True:
+                    try:
+                        response = await _tracked(iterator.__anext__(), opened)
+                    except StopAsyncIteration:
+                        break
+                    except Exception as exc:
+                        self._raise(exc)
+                    for chunk in translation.chunks(response):
+                        yield chunk
+            for chunk in translation.end():
+                yield chunk
+        finally:
+            # Closed when the consumer leaves (client disconnect, first-token timeout):
+            # the SDK's generator does not close its response, so the upstream request
+            # is cut here, at once, rather than when the garbage collector gets to it.
+            for response in opened:
+                await response.aclose()
 
     async def embed(self, model: str, body: dict) -> dict:
         model = self.requests.model(model)

@@ -14,6 +14,8 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
+from manallm import jsonbody
+
 TEXT_TYPES = ("text", "input_text")
 SAMPLING_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 
@@ -100,13 +102,14 @@ def new_call_id() -> str:
 
 def decode_arguments(value: Any) -> Any:
     """A tool call's ``arguments`` decoded: ``{}`` when absent or blank, the JSON value of
-    a JSON string, and the value as given otherwise (a string that is not JSON included)."""
+    a JSON string, and the value as given otherwise (a string that is not JSON, or nested
+    deeper than a request body may be, included)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return {}
     if isinstance(value, str):
         try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
+            return jsonbody.loads(value)  # the request body's depth limit (manallm.jsonbody)
+        except (orjson.JSONDecodeError, jsonbody.TooDeep):
             return value
     return value
 

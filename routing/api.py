@@ -5,28 +5,21 @@ manallm.auth for who may write, manallm.errors.drf_exception_handler for the env
 Reads answer from the database (the source of truth for writers), not the in-memory table.
 """
 from rest_framework import status, viewsets
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from manallm.auth import ManagementAccess, StaffSession
 from manallm.errors import InvalidRequest, ModelNotFound
+from manallm.jsonbody import JSONBodyParser
 
 from .models import Alias, DefaultAliasProtected
 from .serializers import AliasSerializer
 
 
-class AnyTypeJSONParser(JSONParser):
-    """The body is JSON whatever its Content-Type says, as on the OpenAI endpoints
-    (``curl -d`` sends form-urlencoded by default)."""
-
-    media_type = "*/*"
-
-
 class AliasViewSet(viewsets.ViewSet):
     authentication_classes = [StaffSession]
     permission_classes = [ManagementAccess]
-    parser_classes = [AnyTypeJSONParser]
+    parser_classes = [JSONBodyParser]  # the one body parser and its limits
     lookup_field = "name"
     lookup_value_regex = ".+"  # names hold a slash: mana/x (or mana%2Fx, decoded by the server)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from providers.model_names import model_problem
+
 ALIAS_NAME = re.compile(r"mana/[A-Za-z0-9][A-Za-z0-9._:-]*")  # fullmatch: "$" would let a final "\n" in
 ENTRY_OPTIONS = {"target", "enabled", "first_token_timeout", "prefill"}
 ALIAS_FIELDS = {"description", "chain", "stream_continuation"}
@@ -120,6 +122,9 @@ def validate_target(target: object, *, alias: str | None = None, field: str = "c
                          alias=alias, field=field)
     if not model.strip() or model != model.strip():
         raise AliasError(f"entry {shown(target)} has an empty or padded model name", alias=alias, field=field)
+    problem = model_problem(provider, model)  # what the provider's adapter can send (providers.model_names)
+    if problem:
+        raise AliasError(f"entry {shown(target)}: the model name {problem}", alias=alias, field=field)
     return target
 
 

@@ -9,7 +9,6 @@ from array import array
 from urllib.parse import unquote
 
 import orjson
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from manallm import drain
@@ -22,7 +21,7 @@ from .router import router
 
 @openai_view("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponse:
-    body = schema.validate_chat(schema.parse_json(request, settings.MAX_REQUEST_BYTES))
+    body = schema.validate_chat(schema.parse_json(request))
     if body.get("stream"):
         served = await router.chat_stream(body)
         try:
@@ -61,7 +60,7 @@ async def sse(events):
 
 @openai_view("POST")
 async def embeddings(request: HttpRequest) -> HttpResponse:
-    body = schema.validate_embeddings(schema.parse_json(request, settings.MAX_REQUEST_BYTES))
+    body = schema.validate_embeddings(schema.parse_json(request))
     served = await router.embed(body)
     if body.get("encoding_format") == "base64":
         for item in served.value["data"]:
