@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from providers.base import redact_urls
+
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
 HALF_OPEN = "half_open"
@@ -115,7 +117,8 @@ _SECRET_PATTERNS = [
 
 
 def clean_error(error: BaseException | str | None, secrets: Iterable[str] = ()) -> str:
-    """A short, single-line error text with anything that looks like a credential removed."""
+    """A short, single-line error text with anything that looks like a credential removed
+    (URLs lose their userinfo and query string: providers.base.redact_urls)."""
     if error is None:
         return ""
     if isinstance(error, BaseException):
@@ -124,6 +127,7 @@ def clean_error(error: BaseException | str | None, secrets: Iterable[str] = ()) 
         text = f"{reason}: {message}" if reason and not message.startswith(str(reason)) else message
     else:
         text = str(error)
+    text = redact_urls(text)
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")

@@ -4,6 +4,7 @@ The plain /v1 views see only ClientKeyMiddleware's check; the DRF management API
 ``StaffSession`` and ``ManagementAccess`` (who may write, and the CSRF rule for sessions).
 """
 import hmac
+import ipaddress
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -51,28 +52,63 @@ def _is_staff_session(request):
     return bool(user is not None and user.is_active and user.is_staff)
 
 
-def management_access(request: HttpRequest) -> str | None:
-    """'admin', 'client' or None: who is asking for a management write.
+def is_loopback_client(request: HttpRequest) -> bool:
+    """Whether the socket peer is this machine (127.0.0.0/8, ::1, or IPv4-mapped 127.x).
 
-    With no keys configured at all the gateway is open, management included.
+    Judged by REMOTE_ADDR, which Django sets from the ASGI scope's ``client`` (the TCP
+    peer; daphne reads no X-Forwarded-For unless told to), never by a header a client
+    writes. Behind a reverse proxy every request comes from the proxy, so with
+    BEHIND_HTTPS_PROXY set no client counts as local (README#exposing-manallm).
     """
-    key = presented_key(request)
+    if settings.BEHIND_HTTPS_PROXY:
+        return False
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def management_access(request: HttpRequest) -> str | None:
+    """'admin', 'client', 'remote' or None: who is asking for a management write.
+
+    The one rule for every management write (README#exposing-manallm): the admin key or a
+    staff session; with no admin key configured, a loopback client too ('remote' is
+    anyone else then, refused with the advice to set the key).
+    """
     if has_admin_access(request):
         return "admin"
-    if not settings.MANA_LLM_ADMIN_KEY and not settings.MANA_LLM_API_KEYS:
-        return "admin"
+    if not settings.MANA_LLM_ADMIN_KEY:
+        return "admin" if is_loopback_client(request) else "remote"
+    key = presented_key(request)
     if key and _matches(key, settings.MANA_LLM_API_KEYS):
         return "client"
     return None
 
 
 def require_admin(request: HttpRequest) -> None:
-    """Raise the README#endpoints error for a management write: 401 without a key, 403 with a client key."""
+    """Raise the README#endpoints error for a management write: 401 without a key, 403 with a
+    client key, 403 from a remote client while no admin key is configured."""
     access = management_access(request)
     if access == "client":
         raise PermissionDenied("This call needs the admin key (MANA_LLM_ADMIN_KEY); a client key is not enough.")
+    if access == "remote":
+        raise PermissionDenied(
+            "Management writes are accepted only from this machine (loopback) or a staff session while the "
+            "gateway has no admin key: set MANA_LLM_ADMIN_KEY on the server and send "
+            "'Authorization: Bearer <admin key>'.")
     if access is None:
         raise AuthenticationFailed("This call needs the admin key: send 'Authorization: Bearer <admin key>'.")
+
+
+def management_policy() -> str:
+    """The startup log line's words for who may write (README#exposing-manallm)."""
+    if settings.MANA_LLM_ADMIN_KEY:
+        return "management writes: admin key or staff session required"
+    if settings.BEHIND_HTTPS_PROXY:
+        return "management writes: staff sessions only (MANA_LLM_ADMIN_KEY unset, BEHIND_HTTPS_PROXY set)"
+    return "management writes: loopback clients and staff sessions only (MANA_LLM_ADMIN_KEY unset)"
 
 
 class StaffSession(SessionAuthentication):
@@ -95,7 +131,7 @@ class StaffSession(SessionAuthentication):
 
 class ManagementAccess(BasePermission):
     """Reads are open to whoever passed ClientKeyMiddleware; writes need require_admin's
-    access (the admin key, a staff session, or a gateway with no keys at all)."""
+    access (the admin key, a staff session, or a loopback client while no admin key is set)."""
 
     def has_permission(self, request, view) -> bool:
         if request.method not in SAFE_METHODS:

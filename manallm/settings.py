@@ -1,8 +1,11 @@
 """Django settings for manallm, read from the environment (README#configuration)."""
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+
+from manallm.secret_key import key_file_for, load_or_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -25,7 +28,6 @@ def env_list(name, default=""):
     return [item.strip() for item in env(name, default).split(",") if item.strip()]
 
 
-SECRET_KEY = env("DJANGO_SECRET_KEY", "manallm-insecure-development-key")
 DEBUG = env("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
 VERSION = "1.0.0"
@@ -42,6 +44,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_prometheus",
     "channels",
+    "axes",
     "manallm",
     "routing",
     "health",
@@ -52,6 +55,7 @@ INSTALLED_APPS = [
 # paths that need it (manallm.middleware.BrowserStackMiddleware).
 MIDDLEWARE = [
     "manallm.middleware.RequestIDMiddleware",
+    "manallm.middleware.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "manallm.middleware.PrometheusMiddleware",
     "manallm.middleware.BrowserStackMiddleware",
@@ -88,6 +92,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     DATABASES["default"]["CONN_MAX_AGE"] = None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Never a constant: unset, a random key is generated once and kept beside the database
+# (manallm.secret_key; README#exposing-manallm).
+SECRET_KEY = env("DJANGO_SECRET_KEY") or load_or_create(key_file_for(DATABASES["default"], BASE_DIR))
 
 REDIS_URL = env("REDIS_URL")
 if REDIS_URL:
@@ -204,6 +212,41 @@ LOGGING = {
     },
 }
 
-# The admin's middleware checks look for the session/auth/messages middleware at the
-# top level; manallm runs them inside BrowserStackMiddleware (see manallm.middleware).
-SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
+# --- Exposing manallm (README#exposing-manallm) ---------------------------------------
+
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+# TLS ends at a reverse proxy that sets X-Forwarded-Proto (and overwrites a client's).
+# It also means every peer is the proxy, so no client counts as loopback (manallm.auth).
+BEHIND_HTTPS_PROXY = env("BEHIND_HTTPS_PROXY", "0") == "1"
+if BEHIND_HTTPS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = BEHIND_HTTPS_PROXY
+SECURE_SSL_REDIRECT = env("SECURE_SSL_REDIRECT", "1" if BEHIND_HTTPS_PROXY else "0") == "1"
+# Load balancers and Prometheus probe the port directly, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env("SECURE_HSTS_INCLUDE_SUBDOMAINS", "0") == "1"
+SECURE_HSTS_PRELOAD = env("SECURE_HSTS_PRELOAD", "0") == "1"
+# Django's defaults, written out because manallm.middleware.SecurityMiddleware and the
+# admin's X-Frame-Options rely on them: nosniff, same-origin referrer and opener, DENY.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Admin login throttling (django-axes): a username failing from one address is locked
+# out after ADMIN_LOGIN_FAILURE_LIMIT tries for ADMIN_LOGIN_COOLOFF_MINUTES.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+
+# Checks that look for middleware by dotted path at the top level of MIDDLEWARE. manallm
+# runs Django's session/auth/messages/CSRF/X-Frame-Options, axes' and the security
+# middleware inside async-native wrappers (manallm.middleware), so these are silenced
+# and manallm.checks runs them (and the deploy checks they gate: HSTS, SSL redirect,
+# secure CSRF cookie…) against the stack as it runs, reporting as manallm.<id>.
+SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410",
+                          "security.W001", "security.W002", "security.W003", "axes.W002"]

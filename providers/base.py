@@ -6,6 +6,7 @@ answer in OpenAI shapes. Every failure is raised as a ``providers.errors`` class
 """
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,20 @@ from .openai_request import input_strings
 
 # Upstream text quoted in an error message is cut to this many characters.
 MAX_MESSAGE_CHARS = 1000
+
+# scheme://user:password@host/path?query#fragment: group 1 the scheme, 2 host and path.
+# Userinfo may itself hold an unescaped "@": the greedy run ends at the last one.
+_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)(?:[^\s/?#'\"<>]*@)?([^\s?#'\"<>]*)(?:[?#][^\s'\"<>]*)?")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL's userinfo, query string and fragment removed.
+
+    Credentials ride in both (``https://user:pass@host``, ``?key=…``); an upstream URL
+    quoted in an error message, a log line or ``/v1/health``'s ``last_error`` shows
+    only its scheme, host and path (README#exposing-manallm).
+    """
+    return _URL.sub(r"\1\2", text)
 
 
 @runtime_checkable
@@ -67,12 +82,12 @@ class Provider:
 
     def __repr__(self) -> str:
         # Never the key: reprs end up in logs.
-        return f"<{type(self).__name__} {self.name} {self.base_url}>"
+        return f"<{type(self).__name__} {self.name} {redact_urls(self.base_url)}>"
 
     def scrub(self, text: Any) -> str:
-        """``text`` with the API key masked, cut to MAX_MESSAGE_CHARS: for any upstream
-        text that goes into an error message."""
-        text = str(text or "")
+        """``text`` with the API key masked and URLs redacted (redact_urls), cut to
+        MAX_MESSAGE_CHARS: for any upstream text that goes into an error message."""
+        text = redact_urls(str(text or ""))
         if self.api_key and self.api_key in text:
             text = text.replace(self.api_key, "***")
         return text[:MAX_MESSAGE_CHARS]

@@ -108,6 +108,12 @@ class HTTPProvider(Provider):
 
     def __init__(self, name: str, **kwargs: Any):
         super().__init__(name, **kwargs)
+        # Credentials in the URL (basic auth of a proxy in front of Ollama) travel as the
+        # client's auth: aiohttp refuses a URL that carries them beside an Authorization header.
+        url = httpx.URL(self.base_url)
+        self.url_auth = (url.username, url.password) if url.username else None
+        if self.url_auth:
+            self.base_url = str(url.copy_with(userinfo=b""))
         self._clients = ClientHolder(name, self._new_client, httpx.AsyncClient.aclose, lambda c: c.is_closed)
 
     # --- the client ------------------------------------------------------------------
@@ -120,7 +126,7 @@ class HTTPProvider(Provider):
 
     def _new_client(self) -> httpx.AsyncClient:
         return transport.client(timeout=self.timeout, connect_timeout=self.connect_timeout,
-                                headers=self.default_headers(), follow_redirects=False)
+                                headers=self.default_headers(), auth=self.url_auth, follow_redirects=False)
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -12,13 +12,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from . import errors
+from .base import redact_urls
 
 logger = logging.getLogger("manallm.providers")
 
@@ -86,17 +86,8 @@ def transport_error(exc: BaseException, *, name: str, where: str,
 
 
 def safe_url(url: str) -> str:
-    """The URL without any user:password part (for messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
+    """The URL as a message may show it: no userinfo, no query string (base.redact_urls)."""
+    return redact_urls(url)
 
 
 # --- clients -------------------------------------------------------------------------------

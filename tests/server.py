@@ -41,6 +41,8 @@ def module_gateway(name, **env):
 
 
 class Server:
+    bind = "127.0.0.1"  # the address daphne listens on (a subclass may listen on every interface)
+
     def __init__(self, workdir, env=None, database=None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ class Server:
     def start(self):
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "--verbosity", "0", "-b", "127.0.0.1", "-p", str(self.port),
+            [sys.executable, "-m", "daphne", "--verbosity", "0", "-b", self.bind, "-p", str(self.port),
              "manallm.asgi:application"],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_for(self._ready, timeout=30, interval=0.05):
