@@ -3,7 +3,10 @@
 The router reads and records breaker state on the hot path through the module singleton
 ``breakers``: no database query there. A state change is written to the ``Breaker`` row
 in the background (through ``manallm.background.run_db``, fire-and-forget: the request never
-waits for it and a database error is only logged). State written by other workers or by
+waits for it). A write the database refuses (an outage) is held and written by the next
+``poll()`` that reaches it, so nothing seen in memory is lost. An operator reset is the
+other way round: a management write, committed first and applied in memory after, so a
+reset the database refused changes nothing anywhere. State written by other workers or by
 ``probe_providers`` arrives through ``poll()``, which manallm.background's poller calls on its DB thread
 every STATE_POLL_INTERVAL; a row replaces this process's copy only when its
 ``updated_at`` is newer, so a local change whose write is still pending is not reverted.
@@ -56,6 +59,7 @@ class BreakerBoard:
         self._lock = threading.Lock()
         self._listeners = []
         self._pending = set()
+        self._unwritten = set()  # keys whose last write the database refused (held for poll())
         self._trials = {}  # key -> until when this process's half-open trial call holds it
         if log_transitions:
             self.add_listener(log_transition)
@@ -176,20 +180,25 @@ class BreakerBoard:
     def reset(self, provider):
         """Close the provider's breaker and all its deployments' (operator reset).
 
-        Rows this process has not polled yet are closed in the database too.
+        Committed first (rows this process has not polled yet are closed too), then
+        applied in memory and announced; a database error propagates before anything
+        changed (the API answers 503).
         """
-        now = self.clock()
-        with self._lock:
-            keys = [key for key, b in self._breakers.items() if b.provider == provider]
-        self._close_keys(keys, now, persist=False)
-        self._schedule(_reset_rows, {"provider": provider}, now)
+        self._reset({"provider": provider}, lambda b: b.provider == provider)
 
     def reset_keys(self, keys):
-        """Close exactly these breakers (the admin action)."""
-        keys = list(keys)
+        """Close exactly these breakers (the admin action); committed first, as reset."""
+        keys = set(keys)
+        self._reset({"key__in": sorted(keys)}, lambda b: b.key in keys)
+
+    def _reset(self, filters, selects):
         now = self.clock()
+        _reset_rows(filters, now)
+        with self._lock:
+            keys = [key for key, b in self._breakers.items() if selects(b)]
+            self._unwritten.difference_update(keys)  # the reset supersedes a held write
         self._close_keys(keys, now, persist=False)
-        self._schedule(_reset_rows, {"key__in": keys}, now)
+        announce_from_sync()
 
     def _close_keys(self, keys, now, persist):
         for key in keys:
@@ -216,31 +225,55 @@ class BreakerBoard:
 
     def _schedule(self, fn, *args):
         """Run a DB write: in the background on the DB thread when an event loop runs in
-        this thread, synchronously otherwise. Never raises."""
+        this thread, synchronously otherwise. Never raises: a refused write is held."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is None:
-            try:
-                fn(*args)
-            except Exception as exc:
-                logger.warning("could not persist breaker state (%s): %s", fn.__name__, exc)
-                return
-            announce_from_sync()
+            self._write_now(fn, *args)
             return
         task = loop.create_task(self._write_in_background(fn, *args))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    @staticmethod
-    async def _write_in_background(fn, *args):
+    def _write_now(self, fn, state):
         try:
-            await run_db(fn, *args)
+            fn(state)
         except Exception as exc:
-            logger.warning("could not persist breaker state (%s): %s", fn.__name__, exc)
+            self._hold(state, exc)
+            return
+        announce_from_sync()
+
+    async def _write_in_background(self, fn, state):
+        try:
+            await run_db(fn, state)
+        except Exception as exc:
+            self._hold(state, exc)
             return
         await announce()
+
+    def _hold(self, state, exc):
+        logger.warning("could not persist breaker state of %s (held until the database answers): %s",
+                       state.key, exc)
+        with self._lock:
+            self._unwritten.add(state.key)
+
+    def _write_held(self):
+        """Write the breakers whose last write failed (their current value); sync, DB thread."""
+        with self._lock:
+            held, self._unwritten = self._unwritten, set()
+        states = [state for state in map(self._breakers.get, held) if state is not None]
+        for i, state in enumerate(states):
+            try:
+                _write_row(state)
+            except Exception:
+                with self._lock:
+                    self._unwritten.update(state.key for state in states[i:])
+                raise
+        if states:
+            logger.info("wrote %d breaker state(s) held during a database outage", len(states))
+            announce_from_sync()
 
     async def flush(self):
         """Wait for every pending write scheduled from this event loop."""
@@ -260,10 +293,12 @@ class BreakerBoard:
         self.poll()
 
     def poll(self):
-        """Merge rows written by other processes: a row replaces this process's copy only
-        when its ``updated_at`` is newer. Listeners hear of status changes."""
+        """Write what an outage held back, then merge rows written by other processes: a
+        row replaces this process's copy only when its ``updated_at`` is newer. Listeners
+        hear of status changes."""
         from .models import Breaker as Row
 
+        self._write_held()
         rows = [Breaker(**dict(zip(_FIELDS, values))) for values in Row.objects.values_list(*_FIELDS)]
         now = self.clock()
         transitions = []
@@ -287,6 +322,7 @@ class BreakerBoard:
         """Forget the in-memory state (tests); the database is untouched."""
         with self._lock:
             self._breakers.clear()
+            self._unwritten.clear()
 
     # --- listeners ------------------------------------------------------------------
 

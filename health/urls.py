@@ -7,4 +7,5 @@ urlpatterns = [
     path("v1/health", views.health_detail, name="health-detail"),
     path("v1/health/<str:provider>/reset", api.BreakerResetView.as_view(), name="health-reset"),
     path("health", views.liveness, name="health"),
+    path("ready", views.readiness, name="ready"),
 ]

@@ -1,4 +1,5 @@
-"""Health reads (README#endpoints): /v1/health and /health; the reset is DRF, in health.api.
+"""Health reads (README#endpoints): /v1/health, /health (liveness) and /ready (readiness);
+the reset is DRF, in health.api.
 
 Plain async views like the OpenAI endpoints (manallm.views.openai_view), read from the
 in-memory breaker board (no database query per request); the state poller keeps it
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from manallm import background
 from manallm.errors import json_response
 from manallm.views import openai_view
 from providers import registry
@@ -55,3 +57,12 @@ async def liveness(request: HttpRequest) -> HttpResponse:
         "version": settings.VERSION,
         "providers": statuses,
     })
+
+
+@openai_view("GET", "HEAD")
+async def readiness(request: HttpRequest) -> HttpResponse:
+    """200 once this process holds its state in memory (it can serve without the
+    database), 503 before: for an orchestrator's readiness check. Reads no database."""
+    if background.is_ready():
+        return json_response({"status": "ready"})
+    return json_response({"status": "starting", "waiting_for": background.waiting_for()}, status=503)

@@ -10,7 +10,13 @@ the event loop nor competes with Django's own sync thread.
 
 With REDIS_URL set, a process that commits a change also announces it over the channel
 layer, and every process re-reads at once instead of at its next tick. The poll stays
-the guarantee: an announcement lost to a Redis outage only costs a tick.
+the guarantee: an announcement lost to a Redis outage only costs a tick. Announcements
+are fire-and-forget with a short timeout (``ANNOUNCE_TIMEOUT``), so a down or hung Redis
+never holds up a request or a management write (docs/architecture.md#where-state-lives).
+
+A database outage stops none of this: a source that could not load is loaded by the
+poller once the database answers, and ``is_ready`` (``GET /ready``) says whether every
+source holds its state yet.
 """
 import asyncio
 import logging
@@ -29,6 +35,8 @@ T = TypeVar("T")
 STATE_GROUP = "manallm.state"
 # channels_redis forgets group members after a day; rejoin well before that.
 REJOIN_SECONDS = 600
+# How long one announcement may wait on Redis before it is given up (the poll covers it).
+ANNOUNCE_TIMEOUT = 0.5
 
 
 class StateSource(Protocol):
@@ -46,6 +54,8 @@ _sources: list[StateSource] = []
 _start_hooks: list[Callable[[], None]] = []
 _shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 _state: dict[str, Any] = {"loop": None, "ready": None, "task": None, "listener": None}
+_loaded: set[StateSource] = set()  # the sources that hold their state (loaded once)
+_announcing: set[asyncio.Task] = set()  # fire-and-forget announcements still running
 
 
 def register(source: StateSource) -> None:
@@ -86,6 +96,8 @@ async def run_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _call_db(fn, args, kwargs):
+    # With CONN_HEALTH_CHECKS this also makes the next query check the pooled connection
+    # first, so one the database killed (a restart) is replaced instead of failing.
     close_old_connections()
     try:
         return fn(*args, **kwargs)
@@ -111,12 +123,28 @@ async def ensure_started() -> None:
         await asyncio.shield(ready)
 
 
+def is_ready() -> bool:
+    """True once every registered source holds its state (``GET /ready``)."""
+    return not waiting_for()
+
+
+def waiting_for() -> list[str]:
+    """The sources that have not loaded yet (all of them before the first request)."""
+    return [str(source) for source in _sources if source not in _loaded]
+
+
+async def _load(source: StateSource) -> None:
+    await run_db(source.load)
+    _loaded.add(source)
+
+
 async def _start(loop):
     for source in _sources:
         try:
-            await run_db(source.load)
-        except Exception:
-            logger.exception("could not load %s from the database; serving what is in memory", source)
+            await _load(source)
+        except Exception as exc:
+            logger.warning("could not load %s from the database (%s); it loads when the database answers",
+                           source, exc)
     for hook in _start_hooks:
         try:
             hook()
@@ -134,10 +162,13 @@ async def _poll_forever():
 
 
 async def poll_once() -> None:
-    """Let every source catch up with the database now."""
+    """Let every source catch up with the database now (loading one that never loaded)."""
     for source in _sources:
         try:
-            await run_db(source.poll)
+            if source in _loaded:
+                await run_db(source.poll)
+            else:
+                await _load(source)
         except Exception as exc:
             logger.warning("could not refresh %s from the database: %s", source, exc)
 
@@ -165,19 +196,39 @@ async def _listen_forever():
 
 
 async def announce() -> None:
-    """Tell every process that shared state changed (no-op without REDIS_URL)."""
+    """Tell every process that shared state changed (no-op without REDIS_URL).
+
+    Waits at most ANNOUNCE_TIMEOUT and never raises: a lost announcement costs a poll tick.
+    """
     if not settings.REDIS_URL:
         return
     try:
-        await get_channel_layer().group_send(STATE_GROUP, {"type": "state.changed"})
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+            await get_channel_layer().group_send(STATE_GROUP, {"type": "state.changed"})
     except Exception as exc:
-        logger.warning("could not announce a state change over the channel layer: %s", exc)
+        logger.warning("could not announce a state change over the channel layer: %r", exc)
 
 
 def announce_from_sync() -> None:
-    """``announce`` for sync code (an on_commit hook, a management command)."""
-    if settings.REDIS_URL:
+    """``announce`` from any thread, without waiting for it (an on_commit hook, the DB thread).
+
+    In a serving process the announcement runs on its event loop and the caller moves
+    on at once; elsewhere (a management command) it is sent here, bounded by
+    ANNOUNCE_TIMEOUT.
+    """
+    if not settings.REDIS_URL:
+        return
+    loop = _state["loop"]
+    if loop is None or loop.is_closed() or not loop.is_running():
         async_to_sync(announce)()
+    else:
+        loop.call_soon_threadsafe(_spawn_announcement)
+
+
+def _spawn_announcement() -> None:
+    task = asyncio.get_running_loop().create_task(announce())
+    _announcing.add(task)  # a task nothing refers to may be collected before it ran
+    task.add_done_callback(_announcing.discard)
 
 
 def stop() -> None:
@@ -186,3 +237,4 @@ def stop() -> None:
         if _state[name] is not None:
             _state[name].cancel()
     _state.update(loop=None, ready=None, task=None, listener=None)
+    _loaded.clear()

@@ -6,6 +6,7 @@ Plain views return ``error.response()``; DRF views raise and ``drf_exception_han
 import logging
 
 import orjson
+from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -77,6 +78,15 @@ class MethodNotAllowed(APIError):
     code = "method_not_allowed"
 
 
+class ServiceUnavailable(APIError):
+    """A management write the database could not commit: nothing changed anywhere
+    (README#running-several-replicas)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "database_unavailable"
+
+
 def json_response(data, status=200, headers=None):
     """A JSON response with its length set (the /v1 paths skip CommonMiddleware)."""
     content = orjson.dumps(data)
@@ -91,8 +101,13 @@ def server_error(request_id):
 
 def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's EXCEPTION_HANDLER: the management API answers in the same envelope as the rest
-    of /v1. Anything else returns None: DRF re-raises it and handler500 answers."""
-    if isinstance(exc, drf.ValidationError):
+    of /v1. A database that cannot be reached (a management write during an outage) is a
+    503 ``service_unavailable``. Anything else returns None: DRF re-raises it and
+    handler500 answers."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        logger.warning("management write refused, the database is unreachable: %s", exc)
+        exc = ServiceUnavailable("The database is unreachable, so the change was not made; retry when it is back.")
+    elif isinstance(exc, drf.ValidationError):
         exc = validation_error(exc.detail)
     elif isinstance(exc, drf.APIException):
         error_class, options = next((mapped for drf_class, *mapped in _DRF_ERRORS if isinstance(exc, drf_class)),

@@ -20,6 +20,7 @@ PATHS: tuple[tuple[str, bool, bool], ...] = (
     ("/v1/health/", True, True),  # the reset accepts a staff session (and is not DB-free)
     ("/v1/health", True, False),
     ("/health", True, False),
+    ("/ready", True, False),
     ("/metrics", True, False),
     ("/v1/aliases", False, True),
     ("/admin", False, True),

@@ -81,7 +81,11 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": dj_database_url.parse(env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=600)}
+# Pooled connections (CONN_MAX_AGE) are checked before their first use in each request
+# and DB-thread call (CONN_HEALTH_CHECKS), so a connection the database dropped (a
+# restart) is replaced and the first request after an outage succeeds.
+DATABASES = {"default": dj_database_url.parse(env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+                                              conn_max_age=600, conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the probe loop, the alias poller and admin writes share one file.
     # IMMEDIATE transactions take the write lock when they begin, so a writer waits for

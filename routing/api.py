@@ -2,8 +2,13 @@
 
 DRF as DRF: a ViewSet on a router, AliasSerializer for validation and representation,
 manallm.auth for who may write, manallm.errors.drf_exception_handler for the envelope.
-Reads answer from the database (the source of truth for writers), not the in-memory table.
+Reads answer from the in-memory alias table, caught up with the database first when it
+answers (one query on the revision row), so they keep working through a database outage;
+writes go to the database, and one it cannot commit is a 503 (README#running-several-replicas).
 """
+import logging
+
+from django.db import DatabaseError
 from rest_framework import status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +19,9 @@ from manallm.jsonbody import JSONBodyParser
 
 from .models import Alias, DefaultAliasProtected
 from .serializers import AliasSerializer
+from .table import Snapshot, aliases
+
+logger = logging.getLogger("manallm.routing")
 
 
 class AliasViewSet(viewsets.ViewSet):
@@ -30,12 +38,15 @@ class AliasViewSet(viewsets.ViewSet):
             raise ModelNotFound(f"Unknown alias {name!r}.", param="name") from None
 
     def list(self, request: Request) -> Response:
-        aliases = Alias.objects.prefetch_related("entries")
-        default = next((alias.name for alias in aliases if alias.is_default), None)
-        return Response({"default": default, "aliases": AliasSerializer(aliases, many=True).data})
+        table = current_aliases()
+        views = [table.aliases[name] for name in sorted(table.aliases)]
+        return Response({"default": table.default, "aliases": AliasSerializer(views, many=True).data})
 
     def retrieve(self, request: Request, name: str) -> Response:
-        return Response(AliasSerializer(self.alias_or_404(name)).data)
+        alias = current_aliases().aliases.get(name)
+        if alias is None:
+            raise ModelNotFound(f"Unknown alias {name!r}.", param="name")
+        return Response(AliasSerializer(alias).data)
 
     def update(self, request: Request, name: str) -> Response:
         """PUT creates or replaces the alias whole (201 or 200)."""
@@ -51,3 +62,14 @@ class AliasViewSet(viewsets.ViewSet):
         except DefaultAliasProtected as exc:
             raise InvalidRequest(str(exc), param=exc.field, code=exc.code) from exc
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def current_aliases() -> Snapshot:
+    """The alias table this process serves, caught up with the database when it answers
+    (another process's write is read at once); during an outage, what memory holds."""
+    try:
+        aliases.poll()
+    except DatabaseError as exc:
+        logger.warning("alias read served from memory, the database is unreachable: %s", exc)
+    return aliases.snapshot
+

@@ -6,6 +6,7 @@ request path reads it without a lock and without a query. It is reloaded when th
 right after this process commits a change (``invalidate``, from routing.signals).
 """
 import logging
+import threading
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -60,6 +61,9 @@ class Snapshot:
 class AliasTable:
     def __init__(self):
         self.snapshot = Snapshot()
+        # Loads run on the DB thread (poller), the sync view thread (a write's on_commit,
+        # an alias read catching up): one at a time, so an older read never lands last.
+        self._loading = threading.Lock()
 
     def __str__(self):
         return "aliases"
@@ -68,16 +72,17 @@ class AliasTable:
         """Read every alias (sync; call off the event loop)."""
         from .models import Alias, Revision
 
-        revision = Revision.current()
-        aliases, default = {}, None
-        for alias in Alias.objects.prefetch_related("entries"):
-            aliases[alias.name] = AliasView(
-                alias.name, alias.description, tuple(Entry.from_spec(entry.spec()) for entry in alias.entries.all()),
-                alias.stream_continuation,
-            )
-            if alias.is_default:
-                default = alias.name
-        self.snapshot = Snapshot(revision, aliases, default)
+        with self._loading:
+            revision = Revision.current()
+            aliases, default = {}, None
+            for alias in Alias.objects.prefetch_related("entries"):
+                aliases[alias.name] = AliasView(
+                    alias.name, alias.description, tuple(Entry.from_spec(entry.spec()) for entry in alias.entries.all()),
+                    alias.stream_continuation,
+                )
+                if alias.is_default:
+                    default = alias.name
+            self.snapshot = Snapshot(revision, aliases, default)
 
     def poll(self) -> None:
         """Reload when another process (or path) moved the revision."""

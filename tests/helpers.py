@@ -3,6 +3,7 @@ requests, reading answers and checking errors. One place for each, so a test mod
 never imports from another test module (the gateway process harness is tests/server.py).
 """
 import asyncio
+import glob
 import inspect
 import json
 import os
@@ -43,6 +44,13 @@ def wait_for(predicate, timeout=5.0, interval=0.02):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def time_until(predicate, timeout=5.0, interval=0.02):
+    """Seconds until ``predicate`` held (polled with a deadline), or None if it never did:
+    for tests that report how long propagation or recovery took."""
+    start = time.monotonic()
+    return time.monotonic() - start if wait_for(predicate, timeout, interval) else None
 
 
 async def eventually(predicate, timeout=3.0, interval=0.02):
@@ -176,13 +184,20 @@ def server_binary(name: str) -> str:
     Missing: skipped on a developer's machine, a failure under CI=true — .ci/run installs
     every server the suite needs, so a green CI means these tests ran.
     """
-    path = shutil.which(name)
+    path = shutil.which(name) or _debian_versioned_binary(name)
     if path is None:
         message = f"{name} is not installed (.ci/run installs it)"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message}; under CI=true a missing server is a failure, not a skip")
         pytest.skip(message)
     return path
+
+
+def _debian_versioned_binary(name: str) -> str | None:
+    """Debian keeps PostgreSQL's server programs (postgres, initdb) off PATH, in
+    /usr/lib/postgresql/<major>/bin: the newest one installed."""
+    found = {int(path.split("/")[4]): path for path in glob.glob(f"/usr/lib/postgresql/[0-9]*/bin/{name}")}
+    return found[max(found)] if found else None
 
 
 def redis_up(port: int) -> bool:

@@ -365,7 +365,9 @@ async def test_second_process_sees_the_breaker_state(clock):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_database_outage_never_raises(clock, monkeypatch, caplog):
+async def test_database_outage_holds_transitions_and_refuses_resets(clock, monkeypatch, caplog):
+    write_row = board_module._write_row
+
     def broken(*args):
         raise RuntimeError("database is down")
 
@@ -373,12 +375,22 @@ async def test_database_outage_never_raises(clock, monkeypatch, caplog):
     monkeypatch.setattr(board_module, "_reset_rows", broken)
     board = BreakerBoard(clock=clock)
     with caplog.at_level(logging.WARNING, logger="manallm.health"):
+        # what the request path sees is applied in memory at once, never raises
         board.record_failure("ollama", "", "provider", "connect_error")
         board.record_failure("ollama", "", "provider", "connect_error")
-        board.reset("ollama")
         await board.flush()
-    assert board.status("ollama") == "healthy"
+        # an operator reset is refused whole: nothing changes in memory
+        with pytest.raises(RuntimeError):
+            board.reset("ollama")
+    assert board.status("ollama") == "unhealthy"
     assert "database is down" in caplog.text
+    with pytest.raises(RuntimeError):
+        await run_db(board.poll)  # still down: the held write stays held
+
+    monkeypatch.setattr(board_module, "_write_row", write_row)  # the database is back
+    await run_db(board.poll)
+    row = await Row.objects.aget(key="ollama")
+    assert (row.consecutive_failures, row.unhealthy_until) == (2, T0 + 60)
 
 
 def test_sync_write_error_is_logged(clock, monkeypatch, caplog):
