@@ -169,17 +169,11 @@ class Router:
         release = _once(provider.release)
         timeout = entry.first_token_timeout or settings.FIRST_TOKEN_TIMEOUT
         started = self.clock()
-        error: errors.ProviderError | None = None
         try:
-            value = await first_token(wrap(provider.chat_stream(entry.model, body).__aiter__()), timeout, self.clock)
-        except TimeoutError:
-            error = errors.FirstTokenTimeout(f"{entry.target} gave no first token within {timeout:g} s.")
-        except errors.ProviderError as exc:
-            error = exc
+            upstream = wrap(provider.chat_stream(entry.model, body).__aiter__())
+            value, error = await self._attempt(entry, first_token(upstream, timeout, self.clock), timeout)
         except Exception:
-            # A bug, not an outage: the stream still ends with its original failure.
-            logger.exception("unexpected error continuing a stream on %s", entry.target)
-            metrics.llm_errors.labels(entry.provider, entry.model, "unexpected").inc()
+            # A bug (logged by _attempt), not an outage: the stream ends with its original failure.
             release()
             metrics.stream_continuations.labels(failed.target, entry.target, "failed").inc()
             return None
@@ -263,21 +257,10 @@ class Router:
         timeout = entry.first_token_timeout or settings.FIRST_TOKEN_TIMEOUT
         for retry in range(settings.RETRIES + 1):
             started = self.clock()
-            try:
-                value = await attempt(provider, entry, timeout)
-            except TimeoutError:
-                error = errors.FirstTokenTimeout(f"{entry.target} gave no first token within {timeout:g} s.")
-            except errors.ProviderError as exc:
-                error = exc
-            except Exception:
-                # An unknown failure is a bug somewhere, not an outage: never fall over on it.
-                logger.exception("unexpected error from %s", entry.target)
-                metrics.llm_errors.labels(entry.provider, entry.model, "unexpected").inc()
-                raise
-            else:
+            value, error = await self._attempt(entry, attempt(provider, entry, timeout), timeout)
+            if error is None:
                 self.breakers.record_success(entry.provider, entry.model)
                 return value, started
-
             self._record_failure(entry, error)
             if error.action == errors.PROPAGATE:
                 raise self._propagated(entry, attempts, error, recorded=True)
@@ -292,6 +275,22 @@ class Router:
             logger.info("retrying %s in %.2f s after %s", entry.target, delay, error.reason)
             await self.sleep(delay)
         raise AssertionError("unreachable")
+
+    async def _attempt(self, entry: Entry, call: Awaitable[T],
+                       timeout: float) -> tuple[T | None, errors.ProviderError | None]:
+        """Await one call: ``(value, None)``, or ``(None, error)`` for a failure of the
+        taxonomy (no first token in ``timeout`` included). Any other exception is a bug
+        somewhere, not an outage: logged, counted and raised, never fallen over on."""
+        try:
+            return await call, None
+        except TimeoutError:
+            return None, errors.FirstTokenTimeout(f"{entry.target} gave no first token within {timeout:g} s.")
+        except errors.ProviderError as exc:
+            return None, exc
+        except Exception:
+            logger.exception("unexpected error from %s", entry.target)
+            metrics.llm_errors.labels(entry.provider, entry.model, "unexpected").inc()
+            raise
 
     def _retry_delay(self, error: errors.ProviderError, retry: int) -> float | None:
         """Seconds to wait before retrying, or None to fall over at once."""

@@ -6,6 +6,7 @@ too); the write is the model layer's ``Alias.objects.put``.
 from rest_framework import serializers
 
 from .models import Alias
+from .table import AliasView
 from .validators import AliasError, validate_alias
 
 
@@ -13,7 +14,7 @@ class AliasSerializer(serializers.Serializer):
     """``{"name", "description", "chain", "stream_continuation"?}`` out and ``{"description",
     "chain", "stream_continuation"?, "default"?}`` in, the name coming from the URL
     (``context["name"]``): the aliases file's shape (README#aliases-file), so a GET body
-    can be PUT back. A chain entry is a ``provider/model`` string, or a mapping
+    less its name can be PUT back. A chain entry is a ``provider/model`` string, or a mapping
     ``{"target", "enabled", "first_token_timeout", "prefill"}`` when it carries options;
     ``stream_continuation`` appears only when true.
 
@@ -21,7 +22,8 @@ class AliasSerializer(serializers.Serializer):
     validate_alias already checks with messages naming the alias and the field.
     """
 
-    def to_representation(self, alias: Alias) -> dict:
+    def to_representation(self, alias: Alias | AliasView) -> dict:
+        # The database's alias (a PUT's answer) or the in-memory table's (reads): one shape.
         return {"name": alias.name, **alias.spec().to_data()}
 
     created = False  # set by save(): whether the PUT made a new alias

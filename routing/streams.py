@@ -5,6 +5,11 @@ can still fall over before anything is sent; ``Relay`` is what the caller iterat
 an entry is committed: the buffered chunks, then the rest under STREAM_IDLE_TIMEOUT. A
 failure after that point ends the stream with an ``{"error": …}`` event (never another
 provider's text, never a clean end), counted on the deployment's breaker.
+
+The one exception is opt-in (README#stream-continuation): for an alias with
+``stream_continuation`` the relay keeps a ``Transcript`` of what went out, and on such a
+failure asks the router for a ``prefill`` entry to continue the text, relaying its chunks
+as the same stream; when none can, the stream ends with the original failure as above.
 """
 from __future__ import annotations
 

@@ -17,11 +17,13 @@ def admin(client, django_user_model):
     return client
 
 
-def post_alias(client, url, name, rows, *, description="", is_default=False, initial=0):
+def post_alias(client, url, name, rows, *, description="", is_default=False, initial=0, stream_continuation=False):
     data = {"name": name, "description": description, "entries-TOTAL_FORMS": str(len(rows)),
             "entries-INITIAL_FORMS": str(initial), "entries-MIN_NUM_FORMS": "0", "entries-MAX_NUM_FORMS": "1000"}
     if is_default:
         data["is_default"] = "on"
+    if stream_continuation:
+        data["stream_continuation"] = "on"
     for i, row in enumerate(rows):
         for key, value in row.items():
             if value is False or value is None:
@@ -82,6 +84,25 @@ def test_add_then_edit_and_reorder(admin):
     assert [e.target for e in aliases.snapshot.aliases["mana/admin-made"].chain] == [
         "openrouter/anthropic/claude-3-haiku", "ollama/qwen2.5:7b"]
     assert aliases.resolve("mana/admin-made")[1][0].target == "openrouter/anthropic/claude-3-haiku"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stream_continuation_checkbox_and_prefill_column(admin):
+    aliases.load()
+    html = admin.get(ADD).content.decode()
+    assert 'name="stream_continuation"' in html and 'name="entries-0-prefill"' in html
+    response = post_alias(admin, ADD, "mana/cont", [
+        {"position": 0, "target": "ollama/qwen2.5:7b", "enabled": True},
+        {"position": 1, "target": "groq/llama-3.1-8b-instant", "enabled": True, "prefill": True},
+    ], stream_continuation=True)
+    assert response.status_code == 302, response.context and response.context.get("errors")
+    alias = Alias.objects.get(name="mana/cont")
+    assert alias.stream_continuation
+    assert alias.specs() == [EntrySpec("ollama/qwen2.5:7b"), EntrySpec("groq/llama-3.1-8b-instant", prefill=True)]
+    # The process that committed serves it at once: the router reads both from memory.
+    view = aliases.snapshot.aliases["mana/cont"]
+    assert view.stream_continuation and [e.prefill for e in view.chain] == [False, True]
+    assert aliases.continuation_chain("mana/cont") == view.chain
 
 
 @pytest.mark.django_db

@@ -84,6 +84,25 @@ def test_put_with_options_and_description_optional(client):
     assert entries == [("groq/llama-3.1-8b-instant", True, 5.0), ("ollama/qwen2.5:7b", False, None)]
 
 
+def test_put_and_get_stream_continuation_and_prefill(client):
+    body = {"description": "continues", "stream_continuation": True, "chain": [
+        "ollama/qwen2.5:7b", {"target": "groq/llama-3.1-8b-instant", "prefill": True}]}
+    response = put(client, "mana/cont", body)
+    assert response.status_code == 201, response.content
+    assert response.json() == {"name": "mana/cont", **body}
+    assert client.get("/v1/aliases/mana/cont").json() == {"name": "mana/cont", **body}
+    alias = Alias.objects.get(name="mana/cont")
+    assert alias.stream_continuation and [e.prefill for e in alias.entries.all()] == [False, True]
+    # What GET answers (less its name) can be PUT back; without the options the documented shape stays.
+    read = client.get("/v1/aliases/mana/cont").json()
+    del read["name"]
+    assert put(client, "mana/cont", read).json() == {"name": "mana/cont", **body}
+    plain = {"description": "", "chain": ["ollama/qwen2.5:7b"]}
+    assert put(client, "mana/cont", {**plain, "stream_continuation": False}).json() == {"name": "mana/cont", **plain}
+    response = put(client, "mana/cont", {**plain, "stream_continuation": "true"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "stream_continuation"
+
+
 def test_put_default_flag_moves_default(client):
     make("mana/a", ["ollama/a"], default=True)
     response = put(client, "mana/b", {**BODY, "default": True})

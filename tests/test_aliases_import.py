@@ -219,6 +219,31 @@ def test_export_import_round_trip(tmp_path):
 
 
 @pytest.mark.django_db
+def test_stream_continuation_and_prefill_round_trip(tmp_path):
+    doc = {"aliases": {
+        "mana/cont": {"description": "", "stream_continuation": True, "chain": [
+            "ollama/qwen2.5:7b", {"target": "groq/llama-3.1-8b-instant", "prefill": True}]},
+        "mana/plain": {"description": "", "chain": [{"target": "ollama/gemma3:12b", "prefill": False}]},
+    }}
+    assert "created 2" in run(write(tmp_path / "a.yaml", doc))
+    cont = Alias.objects.get(name="mana/cont")
+    assert cont.stream_continuation and [e.prefill for e in cont.entries.all()] == [False, True]
+    exported = tmp_path / "e.yaml"
+    call_command("export_aliases", str(exported), stderr=io.StringIO())
+    data = yaml.safe_load(exported.read_text())["aliases"]
+    assert data["mana/cont"] == doc["aliases"]["mana/cont"]
+    # Options at their defaults are not written: the short string form, no stream_continuation key.
+    assert data["mana/plain"] == {"description": "", "chain": ["ollama/gemma3:12b"]}
+    assert "stream_continuation" not in exported.read_text().split("mana/plain")[1]
+    # Changing only the option is an update, and it is written.
+    doc["aliases"]["mana/cont"]["stream_continuation"] = False
+    doc["aliases"]["mana/cont"]["chain"][1] = "groq/llama-3.1-8b-instant"
+    assert "update mana/cont\ncreated 0, updated 1, unchanged 1" in run(write(tmp_path / "a.yaml", doc))
+    cont = Alias.objects.get(name="mana/cont")
+    assert not cont.stream_continuation and not any(e.prefill for e in cont.entries.all())
+
+
+@pytest.mark.django_db
 def test_shipped_file_imports_and_round_trips(tmp_path):
     out = run(str(settings.BASE_DIR / "aliases.yaml"))
     assert "created 5, updated 0, unchanged 0, deleted 0" in out

@@ -50,6 +50,10 @@ BAD_ALIASES = [
     ("mana/x", {"chain": [GOOD], "description": 5}, "description", ["must be a string"]),
     ("mana/x", {"chain": [GOOD], "colour": "red"}, "colour", ["unknown field(s) colour"]),
     ("mana/x", [GOOD], "body", ["must be a mapping"]),
+    # Issue 14: the continuation flags are booleans, never strings or numbers.
+    ("mana/x", {"chain": [GOOD], "stream_continuation": "yes"}, "stream_continuation",
+     ["'stream_continuation' must be true or false", "'yes'"]),
+    ("mana/x", {"chain": [{"target": GOOD, "prefill": 1}]}, "chain[0].prefill", ["'prefill' must be true or false"]),
     ("mana/x", GOOD, "body", ["must be a mapping"]),
     # Issue 9: names and targets reach headers, logs and metric labels (the rule chat applies to
     # `model`); text must be storable; every field is bounded.

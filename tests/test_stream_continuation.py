@@ -14,7 +14,14 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import chat, sdk, sse_events, user_messages, wait_for
+from health.board import BreakerBoard
+from providers import errors
+from providers.base import Provider
+from providers.ollama import OllamaProvider
+from providers.openai_compat import OpenAICompatProvider
+from routing.router import Router
+from routing.table import AliasTable, AliasView, Entry, Snapshot
+from tests.helpers import FakeClock, chat, collect, sdk, sse_events, text_of, user_messages, wait_for
 from tests.server import gateway_server
 
 ANSWER = "one two three four five six seven eight nine ten eleven twelve"
@@ -285,3 +292,118 @@ def test_client_leaving_during_a_continuation_frees_every_slot_and_upstream(gw, 
     assert wait_for(lambda: fake.stats()["active"] == 0, timeout=1.5)
     assert time.monotonic() - closed < 1.5
     assert all_free(gw)
+
+
+# --- in process: which entry may continue, and usage -------------------------------------------
+# The router on real adapters over loopback, with its own breaker board on a fake clock.
+
+
+class Board(BreakerBoard):
+    """A breaker board that keeps its state in memory only."""
+
+    def _schedule(self, fn, *args):
+        pass
+
+
+class Scripted(Provider):
+    """A provider whose stream is the given chunks, then ``error`` (shapes the fake never sends)."""
+
+    def __init__(self, name, chunks, error=None):
+        super().__init__(name)
+        self.chunks, self.error = chunks, error
+
+    async def chat_stream(self, model, body):
+        for chunk in self.chunks:
+            yield json.loads(json.dumps(chunk))
+        if self.error:
+            raise self.error
+
+
+def in_process_router(fake, chain, **adapters):
+    table = AliasTable()
+    table.snapshot = Snapshot(1, {"mana/c": AliasView("mana/c", "", tuple(chain), True)}, "mana/c")
+    board = Board(clock=FakeClock(), log_transitions=False)
+    adapters = {"ollama": OllamaProvider("ollama", base_url=fake.url, timeout=5, connect_timeout=1),
+                "groq": OpenAICompatProvider("groq", base_url=f"{fake.url}/groq/v1", api_key="k", timeout=5,
+                                             connect_timeout=1, max_concurrent=1),
+                **adapters}
+
+    class Providers:
+        get = staticmethod(adapters.get)
+
+    async def no_sleep(seconds):
+        pass
+
+    return Router(aliases=table, providers=Providers, breakers=board, sleep=no_sleep), adapters
+
+
+def stream_body(**extra):
+    return chat("mana/c", "count", stream=True, **extra)
+
+
+@pytest.fixture
+async def close_adapters():
+    opened = []
+    yield opened
+    for adapters in opened:
+        for adapter in adapters.values():
+            await adapter.aclose()
+
+
+async def test_open_breakers_and_saturated_providers_are_passed_over_half_open_ones_tried(
+        fake, settings, close_adapters):
+    settings.BREAKER_FAILURE_THRESHOLD = 1
+    settings.STREAM_IDLE_TIMEOUT = 5
+    chain = [Entry("ollama", "m1"), Entry("groq", "m2", prefill=True), Entry("ollama", "m3", prefill=True),
+             Entry("groq", "m4", prefill=True)]
+    router, adapters = in_process_router(fake, chain)
+    close_adapters.append(adapters)
+    board = router.breakers
+    for model in ("m2", "m3", "m4"):
+        fake.fault("ollama" if model == "m3" else "groq", model, text=ANSWER)
+    board.record_failure("groq", "m2", "deployment", "down")  # open: passed over
+    fake.fault("ollama", "m1", times=1, text=ANSWER, cut_after=2)
+    events = await collect((await router.chat_stream(stream_body())).value)
+    assert text_of(events) == ANSWER and events[-1]["model"] == "ollama/m3"
+    assert requests(fake, "groq/m2") == 0
+    assert board.status("ollama", "m1") == "unhealthy"  # the cut still counts on its own breaker
+    assert {name: adapter.in_flight for name, adapter in adapters.items()} == {"ollama": 0, "groq": 0}
+
+    # Half-open after the window: the continuation is the trial call, and its success closes it.
+    board.clock.advance(settings.BREAKER_BACKOFF_SECONDS + 1)
+    board.record_success("ollama", "m1")  # the cut opened it (threshold 1)
+    assert board.status("groq", "m2") == "half_open"
+    fake.fault("ollama", "m1", times=1, text=ANSWER, cut_after=2)
+    events = await collect((await router.chat_stream(stream_body())).value)
+    assert text_of(events) == ANSWER and events[-1]["model"] == "groq/m2"
+    assert board.status("groq", "m2") == "healthy"
+
+    # Groq at its cap of one (another stream holds it): saturated, passed over for ollama/m3.
+    board.record_success("ollama", "m1")  # the cut opened it (threshold 1)
+    held = await router.chat_stream(chat("groq/m4", stream=True))
+    fake.fault("ollama", "m1", times=1, text=ANSWER, cut_after=2)
+    events = await collect((await router.chat_stream(stream_body())).value)
+    assert text_of(events) == ANSWER and events[-1]["model"] == "ollama/m3"
+    await held.value.aclose()
+    assert {name: adapter.in_flight for name, adapter in adapters.items()} == {"ollama": 0, "groq": 0}
+
+
+async def test_usage_reported_by_the_failed_part_is_summed(fake, settings, close_adapters):
+    settings.STREAM_IDLE_TIMEOUT = 5
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    base = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 1, "model": "x"}
+    scripted = Scripted("scripted", [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "one "}}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": "two "}}], "usage": usage},
+    ], errors.ProtocolError("reset"))
+    router, adapters = in_process_router(fake, [Entry("scripted", "x"), Entry("groq", "m2", prefill=True)],
+                                         scripted=scripted)
+    close_adapters.append(adapters)
+    fake.fault("groq", "m2", text=ANSWER)
+    events = await collect((await router.chat_stream(stream_body(stream_options={"include_usage": True}))).value)
+    assert text_of(events) == ANSWER
+    final = events[-1]
+    assert final["choices"] == [] and final["id"] == "chatcmpl-scripted" and final["model"] == "groq/m2"
+    rest = len(ANSWER.split()) - 2
+    assert final["usage"] == {"prompt_tokens": 3 + 1 + 2, "completion_tokens": 2 + rest,
+                              "total_tokens": 3 + 1 + 2 + 2 + rest}
