@@ -63,7 +63,7 @@ def test_sighup_reload_and_import_process(make_server, fake, tmp_path):
     data = aliases(server)
     assert {a["name"]: a["chain"] for a in data["aliases"]} == {
         "mana/added": ["openrouter/openai/gpt-4o-mini"],
-        "mana/hup": ["ollama/qwen2.5:7b", "groq/llama-3.1-8b-instant"],
+        "mana/hup": [{"target": "ollama/qwen2.5:7b", "enabled": False}, "groq/llama-3.1-8b-instant"],
         "mana/other": ["groq/llama-3.3-70b-versatile"],
     }
     assert wait_for(lambda: served_by(server, "mana/hup") == "groq/llama-3.1-8b-instant", timeout=1), server.logs()
