@@ -289,6 +289,7 @@ def test_the_reference_topology_compose_file():
     assert "migrate" in " ".join(services["migrate"]["command"])
 
 
+@pytest.mark.django_db(transaction=True)  # the DB thread checks its connection first
 async def test_the_shutdown_flush_runs_the_hooks_and_waits_for_queued_writes():
     """What a stopping server does once its last request is over (background.shutdown): the
     on_shutdown hooks, then every database write already queued (a breaker row), in order."""
