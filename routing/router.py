@@ -132,6 +132,8 @@ class Router:
         started: Served[Started] = await self.walk(body, attempt, streaming=True)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chain = self.aliases.continuation_chain(started.alias)
+        if chain is not None and (body.get("n") or 1) > 1:
+            chain = None  # several choices cannot share one assistant prefill
         return replace(started, value=Relay(self, started, include_usage, body=body, chain=chain))
 
     async def continue_stream(self, body: Body, chain: tuple[Entry, ...], failed: Entry, tried: set[str],

@@ -262,6 +262,15 @@ def test_tool_call_streams_are_not_continued(gw, fake):
     assert requests(fake, CLAUDE) == 0 and requests(fake, LLAMA) == 0
 
 
+def test_several_choices_are_not_continued(gw, fake):
+    answer_on(fake, QWEN, cut_after=3)
+    answer_on(fake, CLAUDE)
+    events = sse_events(httpx.post(f"{gw.url}/v1/chat/completions", timeout=10,
+                                   json=chat("mana/cont", "count", stream=True, n=2)))
+    assert events[-1]["error"]["code"] == "protocol_error"
+    assert requests(fake, CLAUDE) == 0
+
+
 def test_an_alias_without_the_option_ends_as_before(gw, client, fake):
     answer_on(fake, QWEN, cut_after=3)
     answer_on(fake, CLAUDE)
