@@ -67,7 +67,10 @@ class RequestIDMiddleware(AsyncMiddleware):
         response = await self.get_response(request)
         response["X-Request-ID"] = request_id
         if request.path.startswith("/v1/") and access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %s %.1fms served_by=%s", request.method, request.path,
+            path = request.path
+            if not path.isprintable():  # a decoded %0A must not start a forged log line
+                path = path.encode("unicode_escape").decode("ascii")
+            access_log.info("%s %s %s %.1fms served_by=%s", request.method, path,
                             response.status_code, (time.perf_counter() - started) * 1000,
                             response.get("X-Mana-LLM-Resolved", "-"))
         return response

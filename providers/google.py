@@ -37,7 +37,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from . import base, errors, model_names, transport
+from . import base, errors, transport
 from .gemini_answer import AnswerTranslation, ThoughtSignatures
 from .gemini_request import RequestTranslation
 

@@ -29,7 +29,9 @@ class AliasViewSet(viewsets.ViewSet):
     permission_classes = [ManagementAccess]
     parser_classes = [JSONBodyParser]  # the one body parser and its limits
     lookup_field = "name"
-    lookup_value_regex = ".+"  # names hold a slash: mana/x (or mana%2Fx, decoded by the server)
+    # Names hold a slash (mana/x, or mana%2Fx decoded by the server); any character, a line
+    # break included, reaches the validator and its 400 rather than a 404.
+    lookup_value_regex = r"[\s\S]+"
 
     def alias_or_404(self, name: str) -> Alias:
         try:

@@ -14,8 +14,8 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -26,13 +26,14 @@ from manallm.errors import APIError
 from providers import errors
 from providers import registry as default_providers
 
+from .served import Attempt, Served, attempts_header
 from .streams import Relay, Started, first_token
 from .table import AliasTable, Entry
 from .table import aliases as default_aliases
 
 logger = logging.getLogger("manallm.router")
 
-T = TypeVar("T")
+T = TypeVar("T")  # what one attempt returns: an answer dict, or a Started stream
 Body = dict[str, Any]
 AttemptFn = Callable[[Any, Entry, float], Awaitable[T]]
 
@@ -40,49 +41,10 @@ AttemptFn = Callable[[Any, Entry, float], Awaitable[T]]
 SKIP_REASONS = frozenset({"unconfigured", "cache-unhealthy", "disabled", "saturated"})
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One entry passed over before the serving one, and why."""
-
-    target: str
-    reason: str
-
-    def to_api(self) -> dict[str, str]:
-        return {"model": self.target, "reason": self.reason}
-
-
-def attempts_header(attempts: list[Attempt]) -> str:
-    """``X-Mana-LLM-Attempts``: ``provider/model=reason`` joined by ``, ``."""
-    return ", ".join(f"{attempt.target}={attempt.reason}" for attempt in attempts)
-
-
 class NoHealthyProvider(APIError):
     status = 503
     type = "no_healthy_provider"
     code = "no_healthy_provider"
-
-
-@dataclass
-class Served(Generic[T]):
-    """A request some entry answered: what the caller gets (``value``: an answer dict, or a
-    ``Relay`` of stream events) plus how the chain got there."""
-
-    entry: Entry
-    alias: str | None
-    attempts: list[Attempt]
-    value: T
-    started: float = 0.0
-    release: Callable[[], None] = lambda: None
-
-    @property
-    def target(self) -> str:
-        return self.entry.target
-
-    def headers(self) -> dict[str, str]:
-        headers = {"X-Mana-LLM-Resolved": self.target}
-        if self.attempts:
-            headers["X-Mana-LLM-Attempts"] = attempts_header(self.attempts)
-        return headers
 
 
 class Router:

@@ -17,17 +17,28 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.conf import settings
 
+from health.board import BreakerBoard
 from manallm import metrics
 from providers import errors
 from providers.base import has_content
 
-if TYPE_CHECKING:
-    from .router import Router, Served
-    from .table import Entry
+from .served import Served
+from .table import Entry
+
+
+class StreamRouter(Protocol):
+    """What a relay needs from the router that committed it (``routing.router.Router``)."""
+
+    breakers: BreakerBoard
+
+    def finish(self, served: Served, usage: dict | None, *, completion: bool = True) -> None: ...
+
+    async def continue_stream(self, body: dict, chain: tuple[Entry, ...], failed: Entry, tried: set[str],
+                              wrap: Callable[[AsyncIterator[dict]], AsyncIterator[dict]]) -> Served[Started] | None: ...
 
 logger = logging.getLogger("manallm.router")
 
@@ -75,7 +86,7 @@ class Relay:
     only then does the relay keep a ``Transcript`` of what went out.
     """
 
-    def __init__(self, router: Router, served: Served[Started], include_usage: bool, *,
+    def __init__(self, router: StreamRouter, served: Served[Started], include_usage: bool, *,
                  body: dict | None = None, chain: tuple[Entry, ...] | None = None):
         self._router = router
         self._served = served
@@ -276,7 +287,7 @@ class Continuation:
         if started.iterator is not None:
             started.iterator = Recorded(started.iterator, self.transcript)
 
-    async def resume(self, router: Router, failed: Entry) -> Served[Started] | None:
+    async def resume(self, router: StreamRouter, failed: Entry) -> Served[Started] | None:
         """The next part of the stream after ``failed`` broke it, or None: the stream
         carried tool calls, two continuations were spent, no entry can take it, or the one
         that did failed before its first token."""

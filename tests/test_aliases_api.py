@@ -301,3 +301,13 @@ def test_the_model_layer_guards_the_default_for_every_writer():
         Alias.objects.all().check_deletable()
     first.delete()  # the database says it is no longer the default, whatever the instance remembers
     assert list(Alias.objects.values_list("name", flat=True)) == ["mana/b"]
+
+
+def test_a_line_break_in_the_name_is_a_400_and_never_reaches_the_log_raw(client, caplog):
+    # %0A is decoded by the server: the name must meet the validator (a 400 naming it),
+    # not a 404, and the access line must not be split into a forged second line.
+    with caplog.at_level("INFO", logger="manallm.access"):
+        response = put(client, "mana/x%0Aforged", BODY)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "name"
+    lines = [record.getMessage() for record in caplog.records if record.name == "manallm.access"]
+    assert lines and all("\n" not in line for line in lines) and "mana/x\\nforged" in lines[0]

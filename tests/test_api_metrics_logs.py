@@ -9,7 +9,6 @@ compares a value before and after the request it is about.
 import json
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import SECRETS, assert_error, chat, content_of, sse_events, wait_for

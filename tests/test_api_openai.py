@@ -16,7 +16,7 @@ import time
 import httpx
 import openai
 import pytest
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI
 
 from tests.helpers import (SECRETS, assert_error, assert_no_traceback, assert_sdk_error, chat, content_of, sdk,
                            sse_events, user_messages, wait_for)
