@@ -17,6 +17,7 @@ from django.test import Client, override_settings
 from health.breaker import clean_error
 from manallm import auth
 from manallm.checks import check_running_stack, check_running_stack_deploy
+from manallm.secret_key import key_file_for
 from providers.base import Provider, redact_urls
 from tests.helpers import assert_error, chat, unused_port, wait_for
 from tests.server import ROOT, Server, gateway_server, provider_env
@@ -109,6 +110,15 @@ def test_a_damaged_key_file_stops_the_start_with_a_clear_message(tmp_path):
     result = Server(tmp_path, NO_SECRET).manage("check", check=False)
     assert result.returncode != 0
     assert "does not hold a usable secret key" in result.stderr
+
+
+def test_without_a_database_file_the_key_lives_in_the_project_directory_and_is_ignored_by_git():
+    project = Path("/srv/manallm")
+    assert key_file_for({"ENGINE": "django.db.backends.postgresql", "NAME": "mana"}, project) == project / ".secret_key"
+    assert key_file_for({"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}, project) == project / ".secret_key"
+    for name in (".secret_key", "db.sqlite3.secret_key"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT)
+        assert ignored.returncode == 0, name
 
 
 def test_no_constant_secret_key_in_the_source():
