@@ -42,6 +42,9 @@ def module_gateway(name, **env):
 
 class Server:
     bind = "127.0.0.1"  # the address daphne listens on (a subclass may listen on every interface)
+    # Whatever a test sends, the server's log must hold no traceback: an input that
+    # reaches one is a bug even when the client saw a clean answer (stop() checks it).
+    allow_tracebacks = False
 
     def __init__(self, workdir, env=None, database=None):
         self.workdir = Path(workdir)
@@ -98,4 +101,6 @@ class Server:
                 self.process.wait()
         if getattr(self, "log", None):
             self.log.close()
+            if not self.allow_tracebacks and "Traceback (most recent call last)" in self.logs():
+                raise AssertionError(f"the gateway's log holds a traceback:\n{self.logs()[-4000:]}")
 
