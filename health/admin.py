@@ -2,6 +2,7 @@
 import datetime
 
 from django.contrib import admin, messages
+from django.db import DatabaseError
 
 from .breaker import HEALTHY, UNHEALTHY
 from .models import Breaker
@@ -47,7 +48,12 @@ class BreakerAdmin(admin.ModelAdmin):
     @admin.action(description="Reset (close) selected breakers")
     def reset_breakers(self, request, queryset):
         keys = list(queryset.values_list("key", flat=True))
-        breakers.reset_keys(keys)
+        try:
+            breakers.reset_keys(keys)
+        except DatabaseError as exc:  # committed first, so nothing changed anywhere
+            self.message_user(request, f"Nothing was reset: the database could not commit it ({exc}).",
+                              messages.ERROR)
+            return
         self.message_user(request, f"Closed {len(keys)} breaker(s): {', '.join(keys)}.", messages.SUCCESS)
 
     def has_add_permission(self, request):

@@ -95,6 +95,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
          "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
     )
     DATABASES["default"]["CONN_MAX_AGE"] = None
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # An unreachable server fails a connection attempt in seconds (libpq waits forever
+    # by default): a management write then answers 503 instead of hanging its worker.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Never a constant: unset, a random key is generated once and kept beside the database

@@ -1,6 +1,5 @@
 """Client keys, the admin key and CORS (README#configuration, README#endpoints) against a real gateway process
 started with MANA_LLM_API_KEY="k1,k2" and MANA_LLM_ADMIN_KEY set."""
-import httpx
 import openai
 import pytest
 

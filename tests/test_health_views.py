@@ -238,3 +238,24 @@ async def test_reads_answer_405_and_500_in_the_envelope(configured, monkeypatch,
     assert response.status_code == 500
     error = response.json()["error"]
     assert error["type"] == "server_error" and "req-42" in error["message"] and "boom" not in error["message"]
+
+
+def test_admin_reset_the_database_cannot_commit_changes_nothing_and_says_so(configured, admin_client, monkeypatch):
+    from django.db import OperationalError
+
+    from health import board as board_module
+
+    row = Row.objects.create(key="groq", provider="groq", consecutive_failures=2, last_error="connect_error",
+                             last_check=T0, unhealthy_until=T0 + 60, updated_at=T0)
+    breakers.load()
+    assert breakers.status("groq") == "unhealthy"
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(board_module, "_reset_rows", unreachable)
+    response = admin_client.post("/admin/health/breaker/", {"action": "reset_breakers", "_selected_action": [row.pk]},
+                                 follow=True)
+    assert response.status_code == 200
+    assert "Nothing was reset" in response.content.decode()
+    assert breakers.status("groq") == "unhealthy"  # not closed in memory either
