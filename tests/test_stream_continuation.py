@@ -57,13 +57,26 @@ default: mana/cont
 """
 
 
-@pytest.fixture(scope="module")
-def gw(fake_upstream, tmp_path_factory):
+def continuation_gateway(fake_upstream, tmp_path_factory, idle_timeout):
     workdir = tmp_path_factory.mktemp("continuation")
     (workdir / "aliases.yaml").write_text(ALIASES)
-    server = gateway_server(workdir, fake_upstream.url, {
-        "ALIASES_FILE": str(workdir / "aliases.yaml"), "STREAM_IDLE_TIMEOUT": "1", "FIRST_TOKEN_TIMEOUT": "5",
+    return gateway_server(workdir, fake_upstream.url, {
+        "ALIASES_FILE": str(workdir / "aliases.yaml"), "STREAM_IDLE_TIMEOUT": idle_timeout, "FIRST_TOKEN_TIMEOUT": "5",
         "RETRIES": "0", "BREAKER_FAILURE_THRESHOLD": "1000", "OLLAMA_MAX_CONCURRENT": "1"}).prepare().start()
+
+
+@pytest.fixture(scope="module")
+def gw(fake_upstream, tmp_path_factory):
+    server = continuation_gateway(fake_upstream, tmp_path_factory, "1")  # stalls end fast
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def patient_gw(fake_upstream, tmp_path_factory):
+    """The same aliases with a long idle timeout: a stalled continuation stays open until
+    the client leaves, however loaded the machine is."""
+    server = continuation_gateway(fake_upstream, tmp_path_factory, "30")
     yield server
     server.stop()
 
@@ -284,13 +297,17 @@ def test_an_alias_without_the_option_ends_as_before(gw, client, fake):
 # --- slots and upstreams ------------------------------------------------------------------------
 
 
-def test_client_leaving_during_a_continuation_frees_every_slot_and_upstream(gw, fake):
+def test_client_leaving_during_a_continuation_frees_every_slot_and_upstream(patient_gw, fake):
+    gw = patient_gw
     answer_on(fake, QWEN, cut_after=2)
-    answer_on(fake, CLAUDE, chunk_delay=0.3)  # slow (about 3 s in all) but never idle past the timeout
+    answer_on(fake, CLAUDE, stall_after=1)  # one word, then silent until the client leaves
     with httpx.Client(base_url=gw.url, timeout=20) as http:
         with http.stream("POST", "/v1/chat/completions", json=chat("mana/cont", "count", stream=True)) as response:
             seen = ""
-            for line in response.iter_lines():
+            # Held in a name: a generator dropped by ``break`` is closed at once, and
+            # closing it closes the connection — the client would leave before the check.
+            lines = response.iter_lines()
+            for line in lines:
                 if line.startswith("data: ") and CLAUDE in line:
                     seen = json.loads(line[6:])["choices"][0]["delta"]["content"]
                     if seen:
