@@ -7,7 +7,7 @@ waits for it). A write the database refuses (an outage) is held and written by t
 ``poll()`` that reaches it, so nothing seen in memory is lost. An operator reset is the
 other way round: a management write, committed first and applied in memory after, so a
 reset the database refused changes nothing anywhere. State written by other workers or by
-``probe_providers`` arrives through ``poll()``, which manallm.background's poller calls on its DB thread
+``probe_providers`` arrives through ``poll()`` (rows read and written by ``health.rows``), which manallm.background's poller calls on its DB thread
 every STATE_POLL_INTERVAL; a row replaces this process's copy only when its
 ``updated_at`` is newer, so a local change whose write is still pending is not reverted.
 
@@ -31,13 +31,12 @@ from django.conf import settings
 
 from manallm.background import announce, announce_from_sync, run_db
 
+from . import rows
 from .breaker import HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
 
 logger = logging.getLogger("manallm.health")
 
 SKIP_REASON = "cache-unhealthy"
-_FIELDS = ("key", "provider", "model", "consecutive_failures", "last_error", "last_check", "unhealthy_until",
-           "updated_at")
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,7 @@ class BreakerBoard:
 
     def _reset(self, filters, selects):
         now = self.clock()
-        _reset_rows(filters, now)
+        rows.reset_rows(filters, now)
         with self._lock:
             keys = [key for key, b in self._breakers.items() if selects(b)]
             self._unwritten.difference_update(keys)  # the reset supersedes a held write
@@ -215,7 +214,7 @@ class BreakerBoard:
                 return
             self._breakers[key] = new
         if persist:
-            self._schedule(_write_row, new)
+            self._schedule(rows.write_row, new)
         old_status, new_status = old.status(now), new.status(now)
         if old_status != new_status:
             self._emit(Transition(key, provider, model, old_status, new_status,
@@ -266,7 +265,7 @@ class BreakerBoard:
         states = [state for state in map(self._breakers.get, held) if state is not None]
         for i, state in enumerate(states):
             try:
-                _write_row(state)
+                rows.write_row(state)
             except Exception:
                 with self._lock:
                     self._unwritten.update(state.key for state in states[i:])
@@ -296,14 +295,12 @@ class BreakerBoard:
         """Write what an outage held back, then merge rows written by other processes: a
         row replaces this process's copy only when its ``updated_at`` is newer. Listeners
         hear of status changes."""
-        from .models import Breaker as Row
-
         self._write_held()
-        rows = [Breaker(**dict(zip(_FIELDS, values))) for values in Row.objects.values_list(*_FIELDS)]
+        latest = rows.read_rows()
         now = self.clock()
         transitions = []
         with self._lock:
-            for row in rows:
+            for row in latest:
                 old = self._breakers.get(row.key)
                 if old is not None and (row.updated_at <= old.updated_at or row == old):
                     continue
@@ -361,49 +358,6 @@ def _secrets():
     keys = [config.get("api_key") for config in settings.PROVIDERS.values()]
     keys += [settings.MANA_LLM_ADMIN_KEY, *settings.MANA_LLM_API_KEYS]
     return [key for key in keys if key]
-
-
-def _row_fields(state):
-    return {
-        "provider": state.provider,
-        "model": state.model,
-        "consecutive_failures": state.consecutive_failures,
-        "last_error": state.last_error,
-        "last_check": state.last_check,
-        "unhealthy_until": state.unhealthy_until,
-        "updated_at": state.updated_at,
-    }
-
-
-def _write_row(state):
-    """Upsert one breaker row, unless the database already holds a newer one (which the
-    next poll adopts). Returns whether the row was written."""
-    from django.db import IntegrityError, transaction
-
-    from .models import Breaker as Row
-
-    fields = _row_fields(state)
-    if Row.objects.filter(key=state.key, updated_at__lte=state.updated_at).update(**fields):
-        return True
-    try:
-        with transaction.atomic():
-            Row.objects.create(key=state.key, **fields)
-    except IntegrityError:
-        return False  # the row exists and is newer
-    return True
-
-
-def _reset_rows(filters, now):
-    """Close the matching rows that are not already closed (an operator reset wins)."""
-    from django.db.models import Q
-
-    from .models import Breaker as Row
-
-    return (
-        Row.objects.filter(**filters)
-        .filter(Q(consecutive_failures__gt=0) | Q(unhealthy_until__isnull=False))
-        .update(consecutive_failures=0, unhealthy_until=None, last_check=now, updated_at=now)
-    )
 
 
 breakers = BreakerBoard()

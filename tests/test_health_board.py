@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from health import board as board_module
+from health import rows as rows_module
 from health.breaker import Breaker
 from health.models import Breaker as Row
 from health.board import BreakerBoard, Transition
@@ -168,7 +168,7 @@ def test_no_write_on_noop_success(board, django_assert_num_queries):
 @pytest.mark.django_db(transaction=True)
 async def test_no_background_write_on_noop_success(board, monkeypatch):
     writes = []
-    monkeypatch.setattr(board_module, "_write_row", lambda s: writes.append(s.key))
+    monkeypatch.setattr(rows_module, "write_row", lambda s: writes.append(s.key))
     for _ in range(100):
         board.record_success("ollama", "qwen2.5:7b")
     assert not board._pending
@@ -329,9 +329,9 @@ def test_poll_merges_newer_rows_only(board, clock):
 @pytest.mark.django_db
 def test_stale_write_never_overwrites_a_newer_row(board):
     Row.objects.create(key="ollama", provider="ollama", consecutive_failures=7, updated_at=T0 + 100)
-    assert board_module._write_row(Breaker("ollama", "ollama", consecutive_failures=1, updated_at=T0)) is False
+    assert rows_module.write_row(Breaker("ollama", "ollama", consecutive_failures=1, updated_at=T0)) is False
     assert Row.objects.get(key="ollama").consecutive_failures == 7
-    assert board_module._write_row(Breaker("ollama", "ollama", consecutive_failures=2, updated_at=T0 + 101))
+    assert rows_module.write_row(Breaker("ollama", "ollama", consecutive_failures=2, updated_at=T0 + 101))
     assert Row.objects.get(key="ollama").consecutive_failures == 2
 
 
@@ -366,13 +366,13 @@ async def test_second_process_sees_the_breaker_state(clock):
 
 @pytest.mark.django_db(transaction=True)
 async def test_database_outage_holds_transitions_and_refuses_resets(clock, monkeypatch, caplog):
-    write_row = board_module._write_row
+    write_row = rows_module.write_row
 
     def broken(*args):
         raise RuntimeError("database is down")
 
-    monkeypatch.setattr(board_module, "_write_row", broken)
-    monkeypatch.setattr(board_module, "_reset_rows", broken)
+    monkeypatch.setattr(rows_module, "write_row", broken)
+    monkeypatch.setattr(rows_module, "reset_rows", broken)
     board = BreakerBoard(clock=clock)
     with caplog.at_level(logging.WARNING, logger="manallm.health"):
         # what the request path sees is applied in memory at once, never raises
@@ -387,14 +387,14 @@ async def test_database_outage_holds_transitions_and_refuses_resets(clock, monke
     with pytest.raises(RuntimeError):
         await run_db(board.poll)  # still down: the held write stays held
 
-    monkeypatch.setattr(board_module, "_write_row", write_row)  # the database is back
+    monkeypatch.setattr(rows_module, "write_row", write_row)  # the database is back
     await run_db(board.poll)
     row = await Row.objects.aget(key="ollama")
     assert (row.consecutive_failures, row.unhealthy_until) == (2, T0 + 60)
 
 
 def test_sync_write_error_is_logged(clock, monkeypatch, caplog):
-    monkeypatch.setattr(board_module, "_write_row", lambda s: 1 / 0)
+    monkeypatch.setattr(rows_module, "write_row", lambda s: 1 / 0)
     board = BreakerBoard(clock=clock)
     with caplog.at_level(logging.WARNING, logger="manallm.health"):
         board.record_failure("ollama", "", "provider", "connect_error")
@@ -403,7 +403,7 @@ def test_sync_write_error_is_logged(clock, monkeypatch, caplog):
 
 
 def test_secrets_never_reach_last_error(board, settings, monkeypatch):
-    monkeypatch.setattr(board_module, "_write_row", lambda s: None)
+    monkeypatch.setattr(rows_module, "write_row", lambda s: None)
     settings.PROVIDERS = {**settings.PROVIDERS, "groq": {"kind": "openai", "api_key": "gsk-live-secret-value"}}
     board.record_failure("groq", "m", "deployment", "401 for key gsk-live-secret-value")
     assert "gsk-live-secret-value" not in board.get("groq", "m").last_error

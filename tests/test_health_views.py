@@ -243,7 +243,7 @@ async def test_reads_answer_405_and_500_in_the_envelope(configured, monkeypatch,
 def test_admin_reset_the_database_cannot_commit_changes_nothing_and_says_so(configured, admin_client, monkeypatch):
     from django.db import OperationalError
 
-    from health import board as board_module
+    from health import rows as rows_module
 
     row = Row.objects.create(key="groq", provider="groq", consecutive_failures=2, last_error="connect_error",
                              last_check=T0, unhealthy_until=T0 + 60, updated_at=T0)
@@ -253,7 +253,7 @@ def test_admin_reset_the_database_cannot_commit_changes_nothing_and_says_so(conf
     def unreachable(*args, **kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(board_module, "_reset_rows", unreachable)
+    monkeypatch.setattr(rows_module, "reset_rows", unreachable)
     response = admin_client.post("/admin/health/breaker/", {"action": "reset_breakers", "_selected_action": [row.pk]},
                                  follow=True)
     assert response.status_code == 200

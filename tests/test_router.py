@@ -651,7 +651,7 @@ async def test_state_changes_are_persisted_only_on_change(env):
     env.fake.fault("ollama", "m1", times=1, status=500)
     router = env.router()
     await router.chat(chat_body())
-    assert [name for name, _ in env.board.writes] == ["_write_row", "_write_row"]  # failure, then close
+    assert [name for name, _ in env.board.writes] == ["write_row", "write_row"]  # failure, then close
     await router.chat(chat_body())
     assert len(env.board.writes) == 2
 
