@@ -13,7 +13,6 @@ from django.conf import settings
 from django.db import connection
 
 from . import aliasfile
-from .table import aliases
 from .validators import AliasError
 
 logger = logging.getLogger("manallm.routing")
@@ -32,8 +31,8 @@ def reload_aliases_file() -> None:
         return
     finally:
         connection.close()
-    aliases.invalidate()
-    connection.close()
+    # This process's table is already reloaded: every committed write refreshes it
+    # (routing.signals), so reading it again here would only repeat the load.
     logger.info("SIGHUP: reloaded %s: %s", path, result.summary())
 
 

@@ -1,6 +1,6 @@
-"""The alias registry each process serves from memory (README#model-names, README#aliases-file).
+"""The alias table each process serves from memory (README#model-names, README#aliases-file).
 
-``registry.snapshot`` is an immutable ``Snapshot`` swapped whole on reload, so the
+``aliases.snapshot`` is an immutable ``Snapshot`` swapped whole on reload, so the
 request path reads it without a lock and without a query. It is reloaded when the
 ``Revision`` counter moves (``poll``, run by manallm.background off the request path) or
 right after this process commits a change (``invalidate``, from routing.signals).
