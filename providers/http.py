@@ -219,12 +219,6 @@ async def drain(iterator: AsyncIterator, timeout: float = DRAIN_TIMEOUT) -> None
         pass
 
 
-async def aiter_lines(response: httpx.Response) -> AsyncIterator[str]:
-    """The body's lines (any line ending), transport errors left to ``stream()``."""
-    async for line in response.aiter_lines():
-        yield line
-
-
 async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
     """The ``data`` payloads of a server-sent-events stream, one string per event.
 

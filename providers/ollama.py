@@ -19,7 +19,7 @@ import orjson
 from django.conf import settings
 
 from . import base, errors
-from .http import HTTPProvider, aiter_lines, drain, loads
+from .http import HTTPProvider, drain, loads
 from .openai_request import (content_parts, data_url, decode_arguments, image_url, is_text, sampling,
                              structured_output, tool_call)
 
@@ -191,7 +191,7 @@ class OllamaProvider(HTTPProvider):
             return base.chunk(model, delta, reason, id=chunk_id, created=created)
 
         async with self.stream("POST", "/api/chat", payload) as response, \
-                contextlib.aclosing(aiter_lines(response)) as lines:
+                contextlib.aclosing(response.aiter_lines()) as lines:
             async for line in lines:
                 if not line.strip():
                     continue

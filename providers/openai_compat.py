@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from . import errors
-from .http import HTTPProvider, aiter_lines, drain, loads, sse_data
+from .http import HTTPProvider, drain, loads, sse_data
 
 logger = logging.getLogger("manallm.providers")
 
@@ -58,7 +58,7 @@ class OpenAICompatProvider(HTTPProvider):
     async def chat_stream(self, model: str, body: dict) -> AsyncIterator[dict]:
         payload = self.request_body(model, body, stream=True)
         async with self.stream("POST", "/chat/completions", payload) as response:
-            async with contextlib.aclosing(sse_data(aiter_lines(response))) as events:
+            async with contextlib.aclosing(sse_data(response.aiter_lines())) as events:
                 async for data in events:
                     if data.strip() == "[DONE]":
                         await drain(events)
