@@ -261,9 +261,6 @@ class GoogleProvider(base.Provider):
         except Exception as exc:
             self._raise(exc)
 
-    async def supports_tools(self, model: str) -> bool:
-        return True
-
 
 EVENT_END = re.compile(rb"\r?\n\r?\n")
 

@@ -103,6 +103,3 @@ class OpenAICompatProvider(HTTPProvider):
     async def probe(self) -> None:
         # Status only: OpenRouter's model list is large and a probe needs none of it.
         await self.check("GET", "/models")
-
-    async def supports_tools(self, model: str) -> bool:
-        return True
