@@ -21,15 +21,8 @@ def read_rows() -> list[Breaker]:
 
 
 def _row_fields(state: Breaker) -> dict:
-    return {
-        "provider": state.provider,
-        "model": state.model,
-        "consecutive_failures": state.consecutive_failures,
-        "last_error": state.last_error,
-        "last_check": state.last_check,
-        "unhealthy_until": state.unhealthy_until,
-        "updated_at": state.updated_at,
-    }
+    """Every persisted field but the key (the upsert's lookup)."""
+    return {name: getattr(state, name) for name in FIELDS if name != "key"}
 
 
 def write_row(state: Breaker) -> bool:
