@@ -196,14 +196,11 @@ class BreakerBoard:
         with self._lock:
             keys = [key for key, b in self._breakers.items() if selects(b)]
             self._unwritten.difference_update(keys)  # the reset supersedes a held write
-        self._close_keys(keys, now, persist=False)
-        announce_from_sync()
-
-    def _close_keys(self, keys, now, persist):
-        for key in keys:
+        for key in keys:  # already committed: applied in memory, not written again
             breaker = self._breakers.get(key)
             if breaker is not None:
-                self._apply(breaker.provider, breaker.model, now, lambda b: b.close(now), persist=persist)
+                self._apply(breaker.provider, breaker.model, now, lambda b: b.close(now), persist=False)
+        announce_from_sync()
 
     def _apply(self, provider, model, now, change, error=None, persist=True):
         key = breaker_key(provider, model)
