@@ -35,7 +35,7 @@ class AliasViewSet(viewsets.ViewSet):
 
     def alias_or_404(self, name: str) -> Alias:
         try:
-            return Alias.objects.prefetch_related("entries").get(name=name)
+            return Alias.objects.get(name=name)
         except Alias.DoesNotExist:
             raise ModelNotFound(f"Unknown alias {name!r}.", param="name") from None
 
