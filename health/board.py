@@ -142,9 +142,11 @@ class BreakerBoard:
                 entry.update(breaker.as_dict(now))
         return result
 
-    def entry(self, provider):
-        """One provider's snapshot entry (a closed, empty one when there is no state)."""
-        return self.snapshot().get(provider) or {**Breaker.new(provider).as_dict(self.clock()), "models": {}}
+    def entry(self, provider, snapshot=None):
+        """One provider's snapshot entry (a closed, empty one when there is no state),
+        from ``snapshot`` when the caller already took one."""
+        found = (self.snapshot() if snapshot is None else snapshot).get(provider)
+        return found or {**Breaker.new(provider).as_dict(self.clock()), "models": {}}
 
     # --- writes (hot path: memory now, database in the background) --------------------
 

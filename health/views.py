@@ -35,7 +35,7 @@ def overall_status(statuses: Iterable[str]) -> str:
 
 def provider_entry(name: str, provider: Provider, snapshot: dict | None = None) -> dict:
     """A provider's breaker and its deployments', with its requests in flight."""
-    entry = (snapshot or {}).get(name) or breakers.entry(name)
+    entry = breakers.entry(name, snapshot)
     fields = {key: value for key, value in entry.items() if key != "models"}
     return {**fields, "in_flight": getattr(provider, "in_flight", 0), "models": entry.get("models", {})}
 
@@ -50,7 +50,7 @@ async def health_detail(request: HttpRequest) -> HttpResponse:
 @openai_view("GET", "HEAD")
 async def liveness(request: HttpRequest) -> HttpResponse:
     snapshot = breakers.snapshot()
-    statuses = {name: (snapshot.get(name) or breakers.entry(name))["status"] for name in registry.configured()}
+    statuses = {name: breakers.entry(name, snapshot)["status"] for name in registry.configured()}
     return json_response({
         "status": overall_status(statuses.values()),
         "service": "manallm",
