@@ -51,7 +51,3 @@ def end_streams() -> int:
         _ending.add(task)
         task.cancel()
     return len(tasks)
-
-
-def open_streams() -> int:
-    return sum(1 for task in _open if not task.done())
