@@ -54,7 +54,7 @@ class Transition:
 class BreakerBoard:
     def __init__(self, clock=time.time, log_transitions=True):
         self.clock = clock
-        self._breakers = {}  # key -> breakers.Breaker (immutable; swapped, never mutated)
+        self._breakers = {}  # key -> breaker.Breaker (immutable; swapped, never mutated)
         self._lock = threading.Lock()
         self._listeners = []
         self._pending = set()

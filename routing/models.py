@@ -164,7 +164,7 @@ class ChainEntry(models.Model):
 class Revision(models.Model):
     """A counter bumped in the same transaction as every alias change (routing.signals).
 
-    Each server process polls this one row and reloads its in-memory registry only when
+    Each server process polls this one row and reloads its in-memory alias table (routing.table) only when
     the number moved, so the request path never queries aliases.
     """
 
