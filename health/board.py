@@ -25,6 +25,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -68,11 +69,11 @@ class BreakerBoard:
 
     # --- reads (hot path: no lock, no database) ----------------------------------------
 
-    def get(self, provider, model=""):
+    def get(self, provider: str, model: str = "") -> Breaker | None:
         """The breaker value, or None when this process has no state for it (closed)."""
         return self._breakers.get(breaker_key(provider, model))
 
-    def status(self, provider, model=""):
+    def status(self, provider: str, model: str = "") -> str:
         breaker = self.get(provider, model)
         return HEALTHY if breaker is None else breaker.status(self.clock())
 
@@ -105,7 +106,7 @@ class BreakerBoard:
         if model:
             self._trials.pop(f"{provider}/{model}", None)
 
-    def retry_after(self, entries):
+    def retry_after(self, entries: Iterable[tuple[str, str]]) -> float | None:
         """Seconds until the first of these (provider, model) entries half-opens, or None.
 
         An entry becomes usable when both its provider and its deployment breaker allow
@@ -123,7 +124,7 @@ class BreakerBoard:
                 first = until
         return None if first is None else max(first - now, 0.0)
 
-    def snapshot(self):
+    def snapshot(self) -> dict[str, dict]:
         """{provider: {status, consecutive_failures, last_error, last_check_unix,
         unhealthy_until_unix, "models": {model: {same fields}}}} for every provider this
         process has state for (a provider with only deployment state shows a closed
@@ -142,7 +143,7 @@ class BreakerBoard:
                 entry.update(breaker.as_dict(now))
         return result
 
-    def entry(self, provider, snapshot=None):
+    def entry(self, provider: str, snapshot: dict[str, dict] | None = None) -> dict:
         """One provider's snapshot entry (a closed, empty one when there is no state),
         from ``snapshot`` when the caller already took one."""
         found = (self.snapshot() if snapshot is None else snapshot).get(provider)
@@ -150,7 +151,7 @@ class BreakerBoard:
 
     # --- writes (hot path: memory now, database in the background) --------------------
 
-    def record_success(self, provider, model="", *, touch=False):
+    def record_success(self, provider: str, model: str = "", *, touch: bool = False) -> None:
         """A call to ``provider/model`` succeeded: close the deployment breaker and the
         provider's. ``model=""`` closes the provider breaker only (the prober). ``touch``
         persists ``last_check`` even when nothing else changed (the prober's checks)."""
@@ -163,7 +164,7 @@ class BreakerBoard:
                 continue  # fast path: nothing to change, nothing to write
             self._apply(p, m, now, (lambda b: b.touch(now)) if touch else (lambda b: b.record_success(now)))
 
-    def record_failure(self, provider, model, level, error_text):
+    def record_failure(self, provider: str, model: str, level: str | None, error_text: str) -> None:
         """A failed attempt. ``level`` is ProviderError.breaker: ``"provider"`` counts
         against the provider's breaker, ``"deployment"`` against ``provider/model``,
         None against none (it still ends a half-open trial: the call has an answer)."""
@@ -178,7 +179,7 @@ class BreakerBoard:
         text = clean_error(error_text, _secrets())
         self._apply(provider, model, now, lambda b: b.record_failure(now, text, threshold, backoff), error=text)
 
-    def reset(self, provider):
+    def reset(self, provider: str) -> None:
         """Close the provider's breaker and all its deployments' (operator reset).
 
         Committed first (rows this process has not polled yet are closed too), then
@@ -187,7 +188,7 @@ class BreakerBoard:
         """
         self._reset({"provider": provider}, lambda b: b.provider == provider)
 
-    def reset_keys(self, keys):
+    def reset_keys(self, keys: Iterable[str]) -> None:
         """Close exactly these breakers (the admin action); committed first, as reset."""
         keys = set(keys)
         self._reset({"key__in": sorted(keys)}, lambda b: b.key in keys)
@@ -273,7 +274,7 @@ class BreakerBoard:
             logger.info("wrote %d breaker state(s) held during a database outage", len(states))
             announce_from_sync()
 
-    async def flush(self):
+    async def flush(self) -> None:
         """Wait for every pending write scheduled from this event loop."""
         loop = asyncio.get_running_loop()
         while True:
@@ -286,11 +287,11 @@ class BreakerBoard:
                 return
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def load(self):
+    def load(self) -> None:
         """Read every row and merge it (sync: manallm.background's poller calls it on its DB thread)."""
         self.poll()
 
-    def poll(self):
+    def poll(self) -> None:
         """Write what an outage held back, then merge rows written by other processes: a
         row replaces this process's copy only when its ``updated_at`` is newer. Listeners
         hear of status changes."""
@@ -314,7 +315,7 @@ class BreakerBoard:
         for transition in transitions:
             self._emit(transition)
 
-    def clear(self):
+    def clear(self) -> None:
         """Forget the in-memory state (tests); the database is untouched."""
         with self._lock:
             self._breakers.clear()
@@ -322,11 +323,11 @@ class BreakerBoard:
 
     # --- listeners ------------------------------------------------------------------
 
-    def add_listener(self, fn):
+    def add_listener(self, fn: Callable[[Transition], None]) -> None:
         if fn not in self._listeners:
             self._listeners.append(fn)
 
-    def remove_listener(self, fn):
+    def remove_listener(self, fn: Callable[[Transition], None]) -> None:
         try:
             self._listeners.remove(fn)
         except ValueError:
@@ -340,7 +341,7 @@ class BreakerBoard:
                 logger.exception("breaker listener %r failed on %s", fn, transition)
 
 
-def log_transition(transition):
+def log_transition(transition: Transition) -> None:
     """One log line per breaker status change."""
     t = transition
     level = logging.WARNING if t.new_status == UNHEALTHY else logging.INFO

@@ -18,10 +18,12 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from manallm.background import run_db
 from providers import registry
+from providers.base import ProviderAPI
 
 from .board import breakers
 
@@ -35,13 +37,13 @@ class ProbeResult:
     seconds: float
     error: str | None = None
 
-    def summary(self):
+    def summary(self) -> str:
         if self.ok:
             return f"{self.provider}: ok ({self.seconds * 1000:.0f} ms)"
         return f"{self.provider}: failed after {self.seconds * 1000:.0f} ms: {self.error}"
 
 
-async def probe_one(name, provider, timeout):
+async def probe_one(name: str, provider: ProviderAPI, timeout: float) -> ProbeResult:
     started = time.monotonic()
     try:
         await asyncio.wait_for(provider.probe(), timeout)
@@ -56,7 +58,7 @@ async def probe_one(name, provider, timeout):
     return ProbeResult(name, True, time.monotonic() - started)
 
 
-async def tick(timeout):
+async def tick(timeout: float) -> list[ProbeResult]:
     """Probe every configured provider once and record the results; -> [ProbeResult]."""
     await _poll()  # see resets and trips written since the last tick
     providers = registry.configured()
@@ -77,13 +79,14 @@ async def _poll():
         logger.warning("could not read breaker state from the database: %s", exc)
 
 
-def log_result(result):
+def log_result(result: ProbeResult) -> None:
     """Loop mode: a failed probe is worth an info line, a passing one only a debug line
     (transitions are logged by the board's listener either way)."""
     logger.log(logging.DEBUG if result.ok else logging.INFO, "probe %s", result.summary())
 
 
-async def main(*, once=False, interval=30.0, timeout=3.0, report=None):
+async def main(*, once: bool = False, interval: float = 30.0, timeout: float = 3.0,
+               report: Callable[[str], None] | None = None) -> None:
     """Run the loop until stopped (or one tick with ``once``). ``report(result)`` gets
     each ProbeResult of each tick (default: ``log_result``)."""
     report = report or log_result

@@ -156,7 +156,8 @@ class UpstreamRequestError(ProviderError):
         self.reason = f"http_{upstream_status}"
 
 
-def from_status(status, message, *, code=None, retry_after=None, **kwargs):
+def from_status(status: int, message: str, *, code: str | None = None, retry_after: float | None = None,
+                **kwargs) -> ProviderError:
     """Classify an upstream HTTP error answer; shared by every HTTP adapter."""
     text = f"{message} {code or ''}".lower()
     if status == 429:
@@ -172,7 +173,7 @@ def from_status(status, message, *, code=None, retry_after=None, **kwargs):
     return UpstreamRequestError(message, upstream_status=status, code=code, **kwargs)
 
 
-def parse_retry_after(value):
+def parse_retry_after(value: object) -> float | None:
     """Seconds from a Retry-After header (delta-seconds form), or None."""
     try:
         seconds = float(value)

@@ -6,17 +6,18 @@ first start all go through these.
 """
 import logging
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import yaml
 from django.db import transaction
 
 from .models import Alias
-from .validators import AliasError, validate_document
+from .validators import AliasDocument, AliasError, AliasSpec, validate_document
 
 logger = logging.getLogger("manallm.routing")
 
 
-def read(path):
+def read(path: str) -> AliasDocument:
     """Parse and validate a file; raises AliasError naming what is wrong."""
     try:
         with open(path, encoding="utf-8") as stream:
@@ -40,18 +41,18 @@ class Plan:
     default_to: str | None = None
 
     @property
-    def default_changes(self):
+    def default_changes(self) -> bool:
         return self.default_to is not None and self.default_to != self.default_from
 
     @property
-    def changes(self):
+    def changes(self) -> bool:
         return bool(self.created or self.updated or self.deleted or self.default_changes)
 
-    def summary(self):
+    def summary(self) -> str:
         return (f"created {len(self.created)}, updated {len(self.updated)}, "
                 f"unchanged {len(self.unchanged)}, deleted {len(self.deleted)}")
 
-    def lines(self):
+    def lines(self) -> list[str]:
         for action, names in (("create", self.created), ("update", self.updated), ("delete", self.deleted)):
             for name in names:
                 yield f"{action} {name}"
@@ -59,7 +60,7 @@ class Plan:
             yield f"default {self.default_from or '(none)'} -> {self.default_to}"
 
 
-def current():
+def current() -> tuple[dict[str, AliasSpec], str | None]:
     """The database's aliases as {name: AliasSpec} and the default name."""
     aliases, default = {}, None
     for alias in Alias.objects.prefetch_related("entries"):
@@ -69,7 +70,7 @@ def current():
     return aliases, default
 
 
-def plan(document, *, prune=False):
+def plan(document: AliasDocument, *, prune: bool = False) -> Plan:
     existing, default = current()
     result = Plan(document, prune, default_from=default, default_to=document.default)
     for name, spec in sorted(document.aliases.items()):
@@ -104,7 +105,7 @@ def apply(result: Plan) -> Plan:
     return result
 
 
-def sync(path, *, prune=False, dry_run=False):
+def sync(path: str, *, prune: bool = False, dry_run: bool = False) -> Plan:
     """Read, diff and (unless dry_run) write; returns the Plan. Raises AliasError."""
     result = plan(read(path), prune=prune)
     if not dry_run:
@@ -112,7 +113,7 @@ def sync(path, *, prune=False, dry_run=False):
     return result
 
 
-def export_data():
+def export_data() -> dict:
     aliases, default = current()
     data = {"aliases": {name: spec.to_data() for name, spec in sorted(aliases.items())}}
     if default:
@@ -120,5 +121,5 @@ def export_data():
     return data
 
 
-def dump(stream):
+def dump(stream: TextIO) -> None:
     yaml.safe_dump(export_data(), stream, sort_keys=False, allow_unicode=True, default_flow_style=False)

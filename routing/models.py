@@ -157,7 +157,7 @@ class ChainEntry(models.Model):
     def __str__(self):
         return self.target
 
-    def spec(self):
+    def spec(self) -> EntrySpec:
         return EntrySpec(self.target, self.enabled, self.first_token_timeout, self.prefill)
 
 
@@ -174,10 +174,10 @@ class Revision(models.Model):
     ALIASES = "aliases"
 
     @classmethod
-    def bump(cls):
+    def bump(cls) -> None:
         if not cls.objects.filter(name=cls.ALIASES).update(number=F("number") + 1):
             cls.objects.get_or_create(name=cls.ALIASES, defaults={"number": 1})
 
     @classmethod
-    def current(cls):
+    def current(cls) -> int:
         return cls.objects.filter(name=cls.ALIASES).values_list("number", flat=True).first() or 0

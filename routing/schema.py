@@ -52,7 +52,7 @@ def _check_type(body, name, types, label, param=None):
 MAX_MODEL_CHARS = 256
 
 
-def check_model(body):
+def check_model(body: dict) -> None:
     # The name ends up in a response header, metric labels and breaker keys: it must be
     # printable and of a sane length, or it would break those after the upstream answered.
     model = body.get("model")

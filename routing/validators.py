@@ -73,7 +73,7 @@ class EntrySpec:
     prefill: bool = False  # accepts an assistant prefill: may continue a cut stream (README#stream-continuation)
 
     @property
-    def has_options(self):
+    def has_options(self) -> bool:
         return not self.enabled or self.first_token_timeout is not None or self.prefill
 
     def to_data(self):
