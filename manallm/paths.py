@@ -7,17 +7,19 @@ has a row):
 
 - *DB-free*: the view reads in-memory state only, so the handler skips Django's
   per-request connection housekeeping and its thread hops (``manallm.handler``).
-  ``/v1/health/<provider>/reset`` writes through the ORM and is the one exception.
+  ``/v1/health/<provider>/reset`` writes through the ORM: its row comes before the
+  DB-free ``/v1/health`` one.
 - *browser*: a browser session can matter (the admin, or a staff session on the
   management API), so the session/auth/CSRF stack runs (``manallm.middleware``).
 """
+import functools
 
-# prefix, DB-free, browser session stack
+# prefix, DB-free, browser session stack: the first row whose prefix matches decides.
 PATHS: tuple[tuple[str, bool, bool], ...] = (
     ("/v1/chat/", True, False),
     ("/v1/embeddings", True, False),
     ("/v1/models", True, False),
-    ("/v1/health/", True, True),  # the reset accepts a staff session (and is not DB-free)
+    ("/v1/health/", False, True),  # /v1/health/<provider>/reset: a management write, staff sessions too
     ("/v1/health", True, False),
     ("/health", True, False),
     ("/ready", True, False),
@@ -26,15 +28,23 @@ PATHS: tuple[tuple[str, bool, bool], ...] = (
     ("/admin", False, True),
     ("/static/", False, True),
 )
-DB_FREE_PREFIXES = tuple(prefix for prefix, db_free, _ in PATHS if db_free)
-BROWSER_PREFIXES = tuple(prefix for prefix, _, browser in PATHS if browser)
+_UNLISTED = (False, False)  # Django's full per-request housekeeping, no session stack
+
+
+@functools.lru_cache(maxsize=1024)
+def _row(path: str) -> tuple[bool, bool]:
+    # Cached: a server sees few distinct paths, and this runs on every request.
+    for prefix, db_free, browser in PATHS:
+        if path.startswith(prefix):
+            return db_free, browser
+    return _UNLISTED
 
 
 def is_db_free(path: str) -> bool:
     """True when the request at ``path`` never touches the database."""
-    return path.startswith(DB_FREE_PREFIXES) and not path.endswith("/reset")
+    return _row(path)[0]
 
 
 def needs_browser_stack(path: str) -> bool:
     """True when a browser session (cookie, CSRF) can matter at ``path``."""
-    return path.startswith(BROWSER_PREFIXES)
+    return _row(path)[1]
