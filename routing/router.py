@@ -131,7 +131,7 @@ class Router:
                            wrap: Callable[[AsyncIterator[dict]], AsyncIterator[dict]]) -> Served[Started] | None:
         """One continuation try, counted in mana_llm_stream_continuations_total."""
         release = _once(provider.release)
-        timeout = entry.first_token_timeout or settings.FIRST_TOKEN_TIMEOUT
+        timeout = first_token_timeout(entry)
         started = self.clock()
         try:
             upstream = wrap(provider.chat_stream(entry.model, body).__aiter__())
@@ -218,7 +218,7 @@ class Router:
 
         Raises ``_FellOver`` to move on to the next entry, or the error to propagate.
         """
-        timeout = entry.first_token_timeout or settings.FIRST_TOKEN_TIMEOUT
+        timeout = first_token_timeout(entry)
         for retry in range(settings.RETRIES + 1):
             started = self.clock()
             value, error = await self._attempt(entry, attempt(provider, entry, timeout), timeout)
@@ -304,6 +304,12 @@ class Router:
             metrics.tokens.labels(provider_name, model, "prompt").inc(usage.get("prompt_tokens") or 0)
             if completion:
                 metrics.tokens.labels(provider_name, model, "completion").inc(usage.get("completion_tokens") or 0)
+
+
+def first_token_timeout(entry: Entry) -> float:
+    """Seconds an attempt on ``entry`` may take to its first content token (the entry's own
+    option, else FIRST_TOKEN_TIMEOUT)."""
+    return entry.first_token_timeout or settings.FIRST_TOKEN_TIMEOUT
 
 
 def _once(release: Callable[[], None]) -> Callable[[], None]:
