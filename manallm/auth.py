@@ -34,11 +34,23 @@ def is_admin_key(key: str | None) -> bool:
     return bool(key and settings.MANA_LLM_ADMIN_KEY and _matches(key, [settings.MANA_LLM_ADMIN_KEY]))
 
 
-def has_client_access(request: HttpRequest) -> bool:
+def client_identity(request: HttpRequest) -> str | None:
+    """The consumer a /v1 request is attributed to (README#consumers), or None to refuse it.
+
+    ``admin`` for the admin key or a staff session, ``env`` for a key of MANA_LLM_API_KEY,
+    ``anonymous`` while the gateway needs no key at all.
+    """
     key = presented_key(request)
-    if key and (_matches(key, settings.MANA_LLM_API_KEYS) or is_admin_key(key)):
-        return True
-    return _is_staff_session(request)
+    if key:
+        if is_admin_key(key):
+            return "admin"
+        if _matches(key, settings.MANA_LLM_API_KEYS):
+            return "env"
+    if _is_staff_session(request):
+        return "admin"
+    if not settings.MANA_LLM_API_KEYS:
+        return "anonymous"
+    return None
 
 
 def has_admin_access(request: HttpRequest) -> bool:

@@ -33,6 +33,9 @@ class APIError(Exception):
         self.param = param
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
+        # The chain entries passed over before this error ({"model", "reason"}), for the
+        # request's bookkeeping (manallm.exchange); set by the router, not sent as such.
+        self.attempts: list[dict[str, str]] = []
 
     def body(self):
         error = {"message": self.message, "type": self.type, "code": self.code, "param": self.param}

@@ -9,7 +9,6 @@ import time
 import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.conf import settings
 from django.utils.module_loading import import_string
 
 from . import auth
@@ -70,9 +69,9 @@ class RequestIDMiddleware(AsyncMiddleware):
             path = request.path
             if not path.isprintable():  # a decoded %0A must not start a forged log line
                 path = path.encode("unicode_escape").decode("ascii")
-            access_log.info("%s %s %s %.1fms served_by=%s", request.method, path,
+            access_log.info("%s %s %s %.1fms served_by=%s consumer=%s", request.method, path,
                             response.status_code, (time.perf_counter() - started) * 1000,
-                            response.get("X-Mana-LLM-Resolved", "-"))
+                            response.get("X-Mana-LLM-Resolved", "-"), getattr(request, "consumer", None) or "-")
         return response
 
 
@@ -142,7 +141,8 @@ class BrowserStackMiddleware(AsyncMiddleware):
 
 
 class ClientKeyMiddleware(AsyncMiddleware):
-    """With MANA_LLM_API_KEY set, every /v1 call needs a client (or the admin) key."""
+    """Who is calling (``request.consumer``, auth.client_identity): with MANA_LLM_API_KEY
+    set, every /v1 call needs a client (or the admin) key."""
 
     def __init__(self, get_response):
         super().__init__(get_response)
@@ -155,13 +155,10 @@ class ClientKeyMiddleware(AsyncMiddleware):
             # request.user would query the database from the event loop (the key and
             # staff checks below and in async views read it).
             request.user = await request.auser()
-        if (
-            settings.MANA_LLM_API_KEYS
-            and request.path.startswith("/v1/")
-            and request.method != "OPTIONS"
-            and not auth.has_client_access(request)
-        ):
+        consumer = auth.client_identity(request)
+        if consumer is None and request.path.startswith("/v1/") and request.method != "OPTIONS":
             return AuthenticationFailed(
                 "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
             ).response()
+        request.consumer = consumer
         return await self.get_response(request)

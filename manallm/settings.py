@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "routing",
     "health",
     "providers",
+    "consumers",
 ]
 
 # Every middleware is async-native; the admin's session/CSRF stack runs only on the

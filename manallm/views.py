@@ -34,16 +34,35 @@ def openai_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                 return MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {use}.",
                                         headers={"Allow": allow}).response()
             try:
-                return await view(request, *args, **kwargs)
+                response = await view(request, *args, **kwargs)
             except APIError as error:
-                return error.response()
+                response = error.response()
+                _ended(request, response, error)
+                return response
             except Exception:
                 logger.exception("unexpected error serving %s %s", request.method, request.path)
-                return server_error(request)
+                response = server_error(request)
+                _ended(request, response, None)
+                return response
+            if not response.streaming:  # a stream's exchange ends with its last event (routing.views.sse)
+                _ended(request, response, None)
+            return response
 
         return wrapper
 
     return decorate
+
+
+def _ended(request: HttpRequest, response: HttpResponse, error: APIError | None) -> None:
+    """Finish the request's Exchange (manallm.exchange), if its view began one."""
+    exchange = getattr(request, "exchange", None)
+    if exchange is None:
+        return
+    exchange.status = response.status_code
+    if response.status_code >= 400:
+        exchange.error_type = error.type if error is not None else "server_error"
+        exchange.attempts = getattr(error, "attempts", None) or exchange.attempts
+    exchange.finish()
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

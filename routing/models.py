@@ -78,6 +78,9 @@ class Alias(models.Model):
     stream_continuation = models.BooleanField(
         default=False, help_text="Continue a stream cut after its first token on a chain entry marked "
                                  "'prefill' instead of ending it with an error (README#stream-continuation).")
+    cache_ttl = models.PositiveIntegerField(
+        default=0, help_text="Seconds a repeated request is answered from the response cache; 0: no cache "
+                             "(README#response-cache).")
 
     objects = AliasQuerySet.as_manager()
 

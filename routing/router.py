@@ -274,6 +274,7 @@ class Router:
             metrics.llm_errors.labels(entry.provider, entry.model, error.reason).inc()
         if attempts:
             error.headers["X-Mana-LLM-Attempts"] = attempts_header(attempts)
+            error.attempts = [a.to_api() for a in attempts]
         return error
 
     def _fall(self, attempts: list[Attempt], entry: Entry, reason: str, next_target: str) -> None:
@@ -283,6 +284,11 @@ class Router:
     def _exhausted(self, chain: tuple[Entry, ...], attempts: list[Attempt], breaker_skips: list[Entry]) -> APIError:
         """The error for a chain that ran out (the caller raises it): 429 when every
         attempt was rate-limited, else 503 with a Retry-After when breakers held them all."""
+        error = self._ran_out(chain, attempts, breaker_skips)
+        error.attempts = error.extra["attempts"]
+        return error
+
+    def _ran_out(self, chain: tuple[Entry, ...], attempts: list[Attempt], breaker_skips: list[Entry]) -> APIError:
         failures = [a for a in attempts if a.reason not in SKIP_REASONS]
         summary = "; ".join(f"{a.target}: {a.reason}" for a in attempts)
         headers = {"X-Mana-LLM-Attempts": attempts_header(attempts)}

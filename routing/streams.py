@@ -95,6 +95,10 @@ class Relay:
         self._continuation = None if chain is None else Continuation(body or {}, chain, served.value)
         self._events = self._relay()
         self._began = False
+        # How the stream went, for the request's bookkeeping (manallm.exchange): usage
+        # summed over its parts, and the failure that ended it, if one did.
+        self.usage: dict | None = None
+        self.failure: errors.ProviderError | None = None
 
     def __del__(self):
         # Safety net: a response dropped before iteration (the client left between the
@@ -106,6 +110,13 @@ class Relay:
                     asyncio.get_running_loop().create_task(close_quietly(self._started.iterator))
                 except RuntimeError:
                     pass
+
+    @property
+    def first_token_seconds(self) -> float | None:
+        """Seconds from the serving attempt's start to its first content token."""
+        if self._started.first_token_at is None:
+            return None
+        return self._started.first_token_at - self._served.started
 
     def __aiter__(self) -> Relay:
         return self
@@ -162,12 +173,14 @@ class Relay:
                 failed = part.entry
                 self._record_failure(failed, error)
                 if self._continuation is None:
+                    self.failure = error
                     yield failure_event(failed, error)
                     return
                 await self._end(part, started, usage)
                 part = None  # ended: its slot is free for a continuation on the same provider
                 part = await self._continuation.resume(self._router, failed)
                 if part is None:
+                    self.failure = error
                     yield failure_event(failed, error)
                     return
                 started = part.value
@@ -182,6 +195,8 @@ class Relay:
         part.release()
         if self._continuation is not None:
             usage = self._continuation.transcript.usage
+        if usage:
+            self.usage = add_usage(self.usage, usage)
         self._router.finish(part, usage)
 
     def _record_failure(self, entry: Entry, error: errors.ProviderError) -> None:

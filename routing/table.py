@@ -100,6 +100,16 @@ class AliasTable:
 
     # --- model names (README#model-names) -----------------------------------------------
 
+    def requested_name(self, name: str | None) -> str:
+        """The model name as asked, in one form (README#model-names): the default alias for
+        none, ``ollama/<name>`` for a bare name, else the name itself. What scopes, usage
+        and the request log see; the chain itself comes from ``resolve``."""
+        if not name:
+            return self.snapshot.default or ""
+        if "/" not in name:
+            return f"ollama/{name}"
+        return name
+
     def resolve(self, name: str | None) -> tuple[str | None, tuple[Entry, ...]]:
         """The chain for a requested model name: (alias name or None, tuple of Entry).
 

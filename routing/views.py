@@ -13,19 +13,40 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from manallm import drain
 from manallm.errors import ModelNotFound, json_response
+from manallm.exchange import Exchange
 from manallm.views import openai_view
 
 from . import catalog, schema
 from .router import router
+from .served import Served
+from .streams import Relay
+from .table import aliases
+
+
+def begin(request: HttpRequest, body: dict, kind: str) -> Exchange:
+    """The request's bookkeeping record (manallm.exchange), finished by openai_view or sse()."""
+    exchange = Exchange(getattr(request, "request_id", ""), getattr(request, "consumer", None) or "anonymous",
+                        kind, streaming=bool(body.get("stream")), requested=aliases.requested_name(body.get("model")))
+    request.exchange = exchange
+    return exchange
+
+
+def served_by(exchange: Exchange, served: Served) -> None:
+    exchange.target = served.target
+    exchange.alias = served.alias
+    exchange.attempts = [attempt.to_api() for attempt in served.attempts]
 
 
 @openai_view("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     body = schema.validate_chat(schema.parse_json(request))
+    exchange = begin(request, body, "chat")
     if body.get("stream"):
         served = await router.chat_stream(body)
+        served_by(exchange, served)
+        exchange.first_token_seconds = served.value.first_token_seconds
         try:
-            response = StreamingHttpResponse(sse(served.value), content_type="text/event-stream",
+            response = StreamingHttpResponse(sse(served.value, exchange), content_type="text/event-stream",
                                              headers=served.headers())
         except BaseException:
             await served.value.aclose()  # frees the slot and the upstream
@@ -34,14 +55,17 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         response["X-Accel-Buffering"] = "no"
         return response
     served = await router.chat(body)
+    served_by(exchange, served)
+    exchange.add_usage(served.value.get("usage"))
     return json_response(served.value, headers=served.headers())
 
 
-async def sse(events):
+async def sse(events: Relay, exchange: Exchange | None = None):
     """OpenAI's framing: one `data:` line per event, then `data: [DONE]`.
 
     A stream still open when a stopping server's grace runs out ends with the shutdown
-    error event and `[DONE]` (manallm.drain, README#running-several-replicas).
+    error event and `[DONE]` (manallm.drain, README#running-several-replicas). The
+    request's Exchange ends here, with the stream: its usage, and how the stream ended.
     """
     task = drain.stream_opened()
     try:
@@ -49,19 +73,35 @@ async def sse(events):
             yield b"data: " + orjson.dumps(event) + b"\n\n"
         yield b"data: [DONE]\n\n"
     except asyncio.CancelledError:
+        if exchange is not None:
+            exchange.error_type = "client_disconnected"
         if not drain.ending(task):
             raise  # the client left
+        if exchange is not None:
+            exchange.error_type = "server_shutdown"
         yield b"data: " + orjson.dumps(drain.SHUTDOWN_EVENT) + b"\n\n"
         yield b"data: [DONE]\n\n"
     finally:
         drain.stream_closed(task)
         await events.aclose()
+        if exchange is not None:
+            _stream_ended(events, exchange)
+
+
+def _stream_ended(relay: Relay, exchange: Exchange) -> None:
+    exchange.add_usage(relay.usage)
+    if relay.failure is not None:
+        exchange.error_type = relay.failure.reason
+    exchange.finish()
 
 
 @openai_view("POST")
 async def embeddings(request: HttpRequest) -> HttpResponse:
     body = schema.validate_embeddings(schema.parse_json(request))
+    exchange = begin(request, body, "embeddings")
     served = await router.embed(body)
+    served_by(exchange, served)
+    exchange.add_usage(served.value.get("usage"))
     if body.get("encoding_format") == "base64":
         for item in served.value["data"]:
             item["embedding"] = base64.b64encode(array("f", item["embedding"]).tobytes()).decode()

@@ -189,3 +189,20 @@ def shared_database(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.sqlite3'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium (Debian's package) driven by Playwright's sync API, for the admin
+    pages in a real browser. Use it from sync tests (no running event loop); one page per
+    test: ``page = chromium.new_page()``."""
+    path = server_binary("chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, headless=True,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            yield browser
+        finally:
+            browser.close()

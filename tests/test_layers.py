@@ -18,16 +18,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("manallm", "routing", "health", "providers")
+PACKAGES = ("manallm", "routing", "health", "providers", "consumers", "requestlog")
 # manallm's top: what wires the apps together, above every app (manallm.views is not: it holds
 # the /v1 views' shared wrapper, which the apps build on).
 MANALLM_TOP = {"manallm.asgi", "manallm.urls", "manallm.handler", "manallm.middleware",
                "manallm.settings", "manallm.wsgi", "manallm.apps", "manallm.serve"}
 # Which packages each layer must never import.
+# consumers (keys, scopes, limits, usage) and requestlog (the request log) sit beside
+# health: routing's views call them, they know the core only.
 FORBIDDEN = {
-    "manallm": {"routing", "health", "providers"},  # the core
-    "providers": {"health", "routing"},
-    "health": {"routing"},
+    "manallm": {"routing", "health", "providers", "consumers", "requestlog"},  # the core
+    "providers": {"health", "routing", "consumers", "requestlog"},
+    "health": {"routing", "consumers", "requestlog"},
+    "consumers": {"routing", "health", "providers", "requestlog"},
+    "requestlog": {"routing", "health", "providers", "consumers"},
 }
 
 

@@ -1,0 +1,125 @@
+"""The consumers each process serves from memory (README#consumers).
+
+``consumers.snapshot`` is an immutable ``Snapshot`` swapped whole on reload, read by the
+request path without a lock or a query: keys by their SHA-256 hash, consumers by name,
+prices by target. Reloaded when the ``Revision`` counter moved (``poll``, run by
+manallm.background off the request path) or right after this process committed a change
+(``invalidate``, from consumers.signals) — the same propagation as the alias table, so a
+revoked key is refused by every process within a second.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("manallm.consumers")
+
+KEY_PREFIX = "mk-"
+
+
+def key_hash(key: str) -> str:
+    """The stored form of a key: its SHA-256, hex (a key is 240 random bits: no salt needed)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ConsumerView:
+    """One consumer as the request path sees it (built-ins have no limits and no scope)."""
+
+    name: str
+    active: bool = True
+    allowed_models: tuple[str, ...] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    token_budget: int | None = None
+    budget_period: str = ""
+
+
+@dataclass(frozen=True)
+class KeyView:
+    consumer: str
+    prefix: str
+    expires_at: float | None = None  # Unix seconds
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int = -1
+    consumers: dict[str, ConsumerView] = field(default_factory=dict)
+    keys: dict[str, KeyView] = field(default_factory=dict)  # by SHA-256 hex
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # target -> (prompt, completion) USD/M
+
+
+BUILT_IN = {name: ConsumerView(name) for name in ("env", "admin", "anonymous")}
+
+
+class ConsumerTable:
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+        self._loading = threading.Lock()
+
+    def __str__(self) -> str:
+        return "consumers"
+
+    def load(self) -> None:
+        """Read every consumer, key and price (sync; call off the event loop)."""
+        from .models import Consumer, ConsumerKey, Price, Revision
+
+        with self._loading:
+            revision = Revision.current()
+            views = {}
+            for row in Consumer.objects.all():
+                views[row.name] = ConsumerView(
+                    row.name, row.active, tuple(row.allowed_models or ()), row.rpm, row.tpm, row.max_concurrent,
+                    row.token_budget, row.budget_period or "")
+            keys = {}
+            for key in ConsumerKey.objects.select_related("consumer"):
+                keys[key.hash] = KeyView(key.consumer.name, key.prefix,
+                                         key.expires_at.timestamp() if key.expires_at else None,
+                                         key.revoked_at is not None)
+            prices = {price.target: (float(price.prompt), float(price.completion)) for price in Price.objects.all()}
+            self.snapshot = Snapshot(revision, views, keys, prices)
+
+    def poll(self) -> None:
+        from .models import Revision
+
+        if Revision.current() != self.snapshot.revision:
+            self.load()
+
+    def invalidate(self) -> None:
+        try:
+            self.load()
+        except Exception:
+            logger.exception("could not reload consumers after a change; the poller will retry")
+            self.snapshot = Snapshot(-1, self.snapshot.consumers, self.snapshot.keys, self.snapshot.prices)
+
+    # --- the request path -------------------------------------------------------------
+
+    @property
+    def any_keys(self) -> bool:
+        """Whether any consumer key exists (then the gateway is no longer open to keyless calls)."""
+        return bool(self.snapshot.keys)
+
+    def get(self, name: str) -> ConsumerView | None:
+        return self.snapshot.consumers.get(name) or BUILT_IN.get(name)
+
+    def key(self, key: str) -> KeyView | None:
+        """The key's record, or None when it is not a consumer key (cheap: one hash, one lookup)."""
+        if not key.startswith(KEY_PREFIX):
+            return None
+        return self.snapshot.keys.get(key_hash(key))
+
+    def price(self, target: str) -> tuple[float, float] | None:
+        return self.snapshot.prices.get(target)
+
+    @staticmethod
+    def now() -> float:
+        return time.time()
+
+
+consumers = ConsumerTable()
