@@ -32,6 +32,15 @@ stream_continuations = Counter("mana_llm_stream_continuations_total",
                                "Tries to continue a stream that failed after its first token.",
                                ["from_model", "to_model", "result"])
 
+# Consumers (README#consumers): ``consumer`` is the consumer's name, never a key.
+consumer_requests = Counter("mana_llm_consumer_requests_total", "Requests by consumer and requested model.",
+                            ["consumer", "alias", "status"])
+consumer_tokens = Counter("mana_llm_consumer_tokens_total", "Tokens charged to a consumer.", ["consumer", "type"])
+rate_limited = Counter("mana_llm_rate_limited_total", "Requests refused by a consumer's limit.", ["consumer", "limit"])
+# The response cache (README#response-cache).
+cache_requests = Counter("mana_llm_cache_requests_total", "Requests to a caching alias, by cache result.",
+                         ["alias", "result"])
+
 
 def on_breaker_transition(transition: Any) -> None:
     """Breaker listener: the health gauges mirror every breaker (1 only when closed)."""
