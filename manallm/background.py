@@ -19,6 +19,7 @@ poller once the database answers, and ``is_ready`` (``GET /ready``) says whether
 source holds its state yet.
 """
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +151,11 @@ async def _start(loop):
             hook()
         except Exception:
             logger.exception("start hook %s failed", getattr(hook, "__qualname__", hook))
+    # Everything loaded so far (Django, the apps, the SDKs, the state) lives as long as the
+    # process: move it out of the collector's sight. A full collection otherwise walks it
+    # all, a 40-70 ms pause of every request in flight, a few times a minute under load.
+    gc.collect()
+    gc.freeze()
     _state["task"] = loop.create_task(_poll_forever())
     if settings.REDIS_URL:
         _state["listener"] = loop.create_task(_listen_forever())
