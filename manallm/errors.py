@@ -95,6 +95,8 @@ def json_response(data, status=200, headers=None):
     content = orjson.dumps(data)
     response = HttpResponse(content, status=status, headers=headers, content_type="application/json")
     response["Content-Length"] = str(len(content))
+    # Known, so the metrics middleware need not parse it back out of the Content-Type.
+    response._charset = "utf-8"
     return response
 
 
