@@ -42,6 +42,19 @@ cache_requests = Counter("mana_llm_cache_requests_total", "Requests to a caching
                          ["alias", "result"])
 
 
+_children: dict[tuple, Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set: ``labels()`` stringifies,
+    locks and hashes on every call, and the hot path asks for the same few every request."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
 def on_breaker_transition(transition: Any) -> None:
     """Breaker listener: the health gauges mirror every breaker (1 only when closed)."""
     healthy = 1 if transition.new_status == "healthy" else 0

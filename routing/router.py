@@ -166,7 +166,7 @@ class Router:
         """
         alias, chain = self.aliases.resolve(body.get("model"))
         requested = ("mana", alias.partition("/")[2]) if alias else (chain[0].provider, chain[0].model)
-        metrics.llm_requests.labels(*requested, "true" if streaming else "false").inc()
+        metrics.child(metrics.llm_requests, *requested, "true" if streaming else "false").inc()
         wants_tools = capability_check and bool(body.get("tools"))
         attempts, breaker_skips = [], []
 
@@ -197,7 +197,7 @@ class Router:
             if not streaming:
                 provider.release()
             if alias:
-                metrics.alias_resolved.labels(alias, entry.target).inc()
+                metrics.child(metrics.alias_resolved, alias, entry.target).inc()
             return Served(entry, alias, attempts, value, started,
                           _once(provider.release) if streaming else (lambda: None))
 
@@ -305,11 +305,11 @@ class Router:
     def finish(self, served: Served, usage: dict | None, *, completion: bool = True) -> None:
         """Latency and token metrics of a served request (for a stream: once it ended)."""
         provider_name, model = served.entry.provider, served.entry.model
-        metrics.latency.labels(provider_name, model).observe(max(self.clock() - served.started, 0.0))
+        metrics.child(metrics.latency, provider_name, model).observe(max(self.clock() - served.started, 0.0))
         if usage:
-            metrics.tokens.labels(provider_name, model, "prompt").inc(usage.get("prompt_tokens") or 0)
+            metrics.child(metrics.tokens, provider_name, model, "prompt").inc(usage.get("prompt_tokens") or 0)
             if completion:
-                metrics.tokens.labels(provider_name, model, "completion").inc(usage.get("completion_tokens") or 0)
+                metrics.child(metrics.tokens, provider_name, model, "completion").inc(usage.get("completion_tokens") or 0)
 
 
 def first_token_timeout(entry: Entry) -> float:

@@ -144,7 +144,7 @@ class Relay:
             while True:
                 target = part.target
                 if started.first_token_at is not None:
-                    metrics.time_to_first_token.labels(part.entry.provider, part.entry.model).observe(
+                    metrics.child(metrics.time_to_first_token, part.entry.provider, part.entry.model).observe(
                         started.first_token_at - part.started)
                 for chunk in started.buffered:
                     usage = chunk.get("usage") or usage
