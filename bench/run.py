@@ -245,6 +245,9 @@ def report(targets, streams, memory, gateway="gateway", floor="floor"):
                      f"{fmt(ratio(g['added_p99_c32'], f['added_p99_c32']))} | {fmt(ratio(g['cpu_ms'], f['cpu_ms']))} | "
                      f"{fmt(ratio(g['seq_p50'], f['seq_p50']))} | {fmt(ratio(g['seq_p99'], f['seq_p99']))} | "
                      f"{fmt(ratio(g['seq_p999'], f['seq_p999']))} |")
+        lines += ["", f"against the targets (README#performance): CPU per request {fmt(ratio(g['cpu_ms'], f['cpu_ms']))}x "
+                      f"the floor's (<= 1.5), req/s at c=32 {fmt(ratio(g['rps_c32'], f['rps_c32']))}x (>= 0.7), "
+                      f"added p50 at c=1 {fmt(g['seq_p50'])} ms (<= 0.6), added p99.9 at c=1 {fmt(g['seq_p999'])} ms (<= 5)"]
     s = streams
     lines += ["", f"streams: time to first token p50 {s['direct']['ttft_p50_ms']:.2f} ms direct, "
                   f"{s['gateway']['ttft_p50_ms']:.2f} ms through the gateway; total p50 "
