@@ -166,7 +166,8 @@ def is_family(name, families):
 def declared_labels(name):
     """Label names manallm/metrics.py declares for a metric (for families with no sample)."""
     for metric in vars(metrics).values():
-        if getattr(metric, "_name", None) and name.startswith(metric._name):
+        base = getattr(metric, "_name", None)
+        if base and name in {base, f"{base}_total", f"{base}_bucket", f"{base}_sum", f"{base}_count"}:
             return set(metric._labelnames)
     return set()
 
