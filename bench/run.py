@@ -136,36 +136,37 @@ async def measure_plain(targets, rounds, per_round):
                                              "p99_ms": pct(lat[target.name], 0.99)}
 
 
-def sequential_round(url, count, latencies):
+def sequential_round(connection, path, count, latencies):
     """``count`` requests one after the other on one keep-alive connection (http.client:
     no event loop on the client side, so its own stalls do not read as the server's)."""
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     headers = {"Content-Type": "application/json"}
-    try:
-        for _ in range(count):
-            started = time.perf_counter()
-            connection.request("POST", parts.path, BODY_BYTES, headers)
-            response = connection.getresponse()
-            response.read()
-            latencies.append(time.perf_counter() - started)
-            assert response.status == 200, response.status
-    finally:
-        connection.close()
+    for _ in range(count):
+        started = time.perf_counter()
+        connection.request("POST", path, BODY_BYTES, headers)
+        response = connection.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - started)
+        assert response.status == 200, response.status
 
 
 def measure_sequential(targets, rounds, per_round):
-    """The tail at concurrency 1: every target once per round (interleaved). The client's
-    own garbage collector is off meanwhile, so a pause in the tail is a server's."""
+    """The tail at concurrency 1: every target once per round (interleaved), each on one
+    connection kept for the whole run (no connection setup in the tail). The client's own
+    garbage collector is off meanwhile, so a pause in the tail is a server's."""
+    connections = []
     for target in targets:
-        sequential_round(target.url, 100, [])
+        parts = urlsplit(target.url)
+        connections.append((http.client.HTTPConnection(parts.hostname, parts.port, timeout=30), parts.path))
+        sequential_round(*connections[-1], 100, [])  # warm up
     gc.disable()
     try:
         for _ in range(rounds):
-            for target in targets:
-                sequential_round(target.url, per_round, target.sequential)
+            for target, (connection, path) in zip(targets, connections):
+                sequential_round(connection, path, per_round, target.sequential)
     finally:
         gc.enable()
+        for connection, _ in connections:
+            connection.close()
 
 
 async def measure_streams(direct, gateway, count):
