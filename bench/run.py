@@ -1,13 +1,18 @@
-"""make bench: what manallm adds on top of calling the upstream directly.
+"""make bench: what manallm adds on top of calling the upstream directly, and what the
+stack underneath it costs by itself.
 
-Starts the fake upstream and one gateway process, then measures, interleaved in one
-run, the same OpenAI requests sent straight to the fake upstream and through the
-gateway: plain calls at concurrency 1, 8 and 32, streams (time to first token and
-total), memory with 256 open streams, and the gateway's CPU time per request.
-Numbers are from this machine, shared by client, gateway and fake upstream.
+Starts the fake upstream, one gateway process and the floor (bench/floor.py on the same
+daphne: a bare forwarding ASGI app on the gateway's HTTP client, and a constant answer),
+then measures them in the same interleaved rounds: plain calls at concurrency 1, 8 and 32
+(aiohttp), each process's CPU time per request, a sequential keep-alive client for the
+tail at concurrency 1 (p50, p99, p99.9), streams through the gateway (time to first token
+and total) and memory with 256 open streams. Added latency is a target's percentile minus
+the upstream's own. Numbers are from this machine, shared by client, servers and upstream.
 """
 import argparse
 import asyncio
+import gc
+import http.client
 import json
 import os
 import statistics
@@ -15,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -25,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 from tests.helpers import free_port  # noqa: E402
 
 BODY = {"model": "mana/bench", "messages": [{"role": "user", "content": "Say hello in five words."}]}
+BODY_BYTES = json.dumps(BODY).encode()
 STREAM_BODY = {**BODY, "stream": True}
+CONCURRENCIES = (1, 8, 32)
 ALIASES = "aliases:\n  mana/bench:\n    description: benchmark\n    chain: [openai/gpt-4o-mini]\ndefault: mana/bench\n"
 
 
@@ -88,35 +97,87 @@ def pct(values, q):
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def measure(direct, gateway, gateway_pid, rounds, per_round):
-    results = {}
+@dataclass
+class Target:
+    """One thing measured: a URL answering BODY, and the process whose CPU is counted."""
+    name: str
+    url: str
+    pid: int | None = None
+    cpu_seconds: float = 0.0
+    cpu_requests: int = 0
+    plain: dict = field(default_factory=dict)  # concurrency -> {"rps", "p50_ms", "p99_ms"}
+    sequential: list = field(default_factory=list)  # seconds per request, c=1 keep-alive
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        return self.cpu_seconds / self.cpu_requests * 1000 if self.pid and self.cpu_requests else None
+
+
+async def measure_plain(targets, rounds, per_round):
+    """Plain calls at each concurrency, every target once per round (interleaved)."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for url in (direct, gateway):  # warm up pools and caches
-            await plain_round(session, url, 8, 200, [])
-        gateway_cpu, gateway_requests = 0.0, 0
-        for concurrency in (1, 8, 32):
-            lat = {"direct": [], "gateway": []}
-            rate = {"direct": [], "gateway": []}
+        for target in targets:  # warm up pools and caches
+            await plain_round(session, target.url, 8, 200, [])
+        for concurrency in CONCURRENCIES:
+            lat = {target.name: [] for target in targets}
+            rate = {target.name: [] for target in targets}
             for _ in range(rounds):
-                for name, url in (("direct", direct), ("gateway", gateway)):
-                    before = cpu_seconds(gateway_pid)
-                    rate[name].append(await plain_round(session, url, concurrency, per_round, lat[name]))
-                    if name == "gateway":
-                        gateway_cpu += cpu_seconds(gateway_pid) - before
-                        gateway_requests += per_round
-            results[concurrency] = {
-                name: {"rps": statistics.median(rate[name]), "p50_ms": pct(lat[name], 0.5),
-                       "p99_ms": pct(lat[name], 0.99)} for name in lat}
+                for target in targets:
+                    before = cpu_seconds(target.pid) if target.pid else 0.0
+                    rate[target.name].append(await plain_round(session, target.url, concurrency, per_round,
+                                                               lat[target.name]))
+                    if target.pid:
+                        target.cpu_seconds += cpu_seconds(target.pid) - before
+                        target.cpu_requests += per_round
+            for target in targets:
+                target.plain[concurrency] = {"rps": statistics.median(rate[target.name]),
+                                             "p50_ms": pct(lat[target.name], 0.5),
+                                             "p99_ms": pct(lat[target.name], 0.99)}
+
+
+def sequential_round(connection, path, count, latencies):
+    """``count`` requests one after the other on one keep-alive connection (http.client:
+    no event loop on the client side, so its own stalls do not read as the server's)."""
+    headers = {"Content-Type": "application/json"}
+    for _ in range(count):
+        started = time.perf_counter()
+        connection.request("POST", path, BODY_BYTES, headers)
+        response = connection.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - started)
+        assert response.status == 200, response.status
+
+
+def measure_sequential(targets, rounds, per_round):
+    """The tail at concurrency 1: every target once per round (interleaved), each on one
+    connection kept for the whole run (no connection setup in the tail). The client's own
+    garbage collector is off meanwhile, so a pause in the tail is a server's."""
+    connections = []
+    for target in targets:
+        parts = urlsplit(target.url)
+        connections.append((http.client.HTTPConnection(parts.hostname, parts.port, timeout=30), parts.path))
+        sequential_round(*connections[-1], 100, [])  # warm up
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for target, (connection, path) in zip(targets, connections):
+                sequential_round(connection, path, per_round, target.sequential)
+    finally:
+        gc.enable()
+        for connection, _ in connections:
+            connection.close()
+
+
+async def measure_streams(direct, gateway, count):
+    """Time to first token and total of ``count`` streams each, interleaved."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         stream = {"direct": [], "gateway": []}
-        for _ in range(rounds * 20):
+        for _ in range(count):
             for name, url in (("direct", direct), ("gateway", gateway)):
                 stream[name].append(await stream_once(session, url))
-        results["stream"] = {name: {"ttft_p50_ms": pct([s[0] for s in values], 0.5),
-                                    "total_p50_ms": pct([s[1] for s in values], 0.5)}
-                             for name, values in stream.items()}
-        results["cpu_ms_per_request"] = gateway_cpu / gateway_requests * 1000
-    return results
+    return {name: {"ttft_p50_ms": pct([s[0] for s in values], 0.5),
+                   "total_p50_ms": pct([s[1] for s in values], 0.5)} for name, values in stream.items()}
 
 
 async def open_streams(gateway, fake, gateway_pid, count):
@@ -139,59 +200,115 @@ async def open_streams(gateway, fake, gateway_pid, count):
     return {"baseline_kib": baseline, "peak_kib": peak, "per_stream_kib": (peak - baseline) / count}
 
 
-def report(results, memory):
-    lines = ["", "manallm benchmark (one gateway process; client, gateway and fake upstream share this machine)", ""]
-    lines.append("| concurrency | direct req/s | gateway req/s | ratio | added p50 ms | added p99 ms |")
-    lines.append("|---|---|---|---|---|---|")
-    for concurrency in (1, 8, 32):
-        d, g = results[concurrency]["direct"], results[concurrency]["gateway"]
-        lines.append(f"| {concurrency} | {d['rps']:.0f} | {g['rps']:.0f} | {g['rps'] / d['rps']:.2f} | "
-                     f"{g['p50_ms'] - d['p50_ms']:.2f} | {g['p99_ms'] - d['p99_ms']:.2f} |")
-    s = results["stream"]
+def fmt(value, digits=2):
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def summary(targets):
+    """Per target: req/s, added latency (over the first target, the upstream), CPU."""
+    direct = targets[0]
+    rows = {}
+    for target in targets:
+        added = target is not direct
+        rows[target.name] = {
+            **{f"rps_c{c}": target.plain[c]["rps"] for c in CONCURRENCIES},
+            "added_p50_c1": target.plain[1]["p50_ms"] - direct.plain[1]["p50_ms"] if added else None,
+            "added_p99_c32": target.plain[32]["p99_ms"] - direct.plain[32]["p99_ms"] if added else None,
+            "cpu_ms": target.cpu_ms_per_request,
+            **{f"seq_{name}": (pct(target.sequential, q) - pct(direct.sequential, q)) if added else None
+               for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))},
+        }
+    return rows
+
+
+def report(targets, streams, memory, gateway="gateway", floor="floor"):
+    rows = summary(targets)
+    lines = ["", "manallm benchmark (one process each; client, servers and fake upstream share this machine)",
+             f"added = the target's percentile minus the upstream's; sequential = "
+             f"{len(targets[0].sequential)} keep-alive requests one at a time", ""]
+    lines.append("| target | req/s c=1 | req/s c=8 | req/s c=32 | added p50 ms c=1 | added p99 ms c=32 "
+                 "| CPU ms/request | sequential added p50 ms | p99 ms | p99.9 ms |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for target in targets:
+        r = rows[target.name]
+        lines.append(f"| {target.name} | {r['rps_c1']:.0f} | {r['rps_c8']:.0f} | {r['rps_c32']:.0f} | "
+                     f"{fmt(r['added_p50_c1'])} | {fmt(r['added_p99_c32'])} | {fmt(r['cpu_ms'], 3)} | "
+                     f"{fmt(r['seq_p50'])} | {fmt(r['seq_p99'])} | {fmt(r['seq_p999'])} |")
+    if gateway in rows and floor in rows:
+        g, f = rows[gateway], rows[floor]
+        lines.append(f"| {gateway} / {floor} | {fmt(ratio(g['rps_c1'], f['rps_c1']))} | "
+                     f"{fmt(ratio(g['rps_c8'], f['rps_c8']))} | {fmt(ratio(g['rps_c32'], f['rps_c32']))} | "
+                     f"{fmt(ratio(g['added_p50_c1'], f['added_p50_c1']))} | "
+                     f"{fmt(ratio(g['added_p99_c32'], f['added_p99_c32']))} | {fmt(ratio(g['cpu_ms'], f['cpu_ms']))} | "
+                     f"{fmt(ratio(g['seq_p50'], f['seq_p50']))} | {fmt(ratio(g['seq_p99'], f['seq_p99']))} | "
+                     f"{fmt(ratio(g['seq_p999'], f['seq_p999']))} |")
+        lines += ["", f"against the targets (README#performance): CPU per request {fmt(ratio(g['cpu_ms'], f['cpu_ms']))}x "
+                      f"the floor's (<= 1.5), req/s at c=32 {fmt(ratio(g['rps_c32'], f['rps_c32']))}x (>= 0.7), "
+                      f"added p50 at c=1 {fmt(g['seq_p50'])} ms (<= 0.6), added p99.9 at c=1 {fmt(g['seq_p999'])} ms (<= 5)"]
+    s = streams
     lines += ["", f"streams: time to first token p50 {s['direct']['ttft_p50_ms']:.2f} ms direct, "
                   f"{s['gateway']['ttft_p50_ms']:.2f} ms through the gateway; total p50 "
                   f"{s['direct']['total_p50_ms']:.2f} ms direct, {s['gateway']['total_p50_ms']:.2f} ms gateway",
-              f"gateway CPU per plain request: {results['cpu_ms_per_request']:.3f} ms",
               f"memory with {memory['count']} open streams: {memory['per_stream_kib']:.1f} KiB per stream "
               f"(RSS {memory['baseline_kib'] / 1024:.1f} -> {memory['peak_kib'] / 1024:.1f} MiB)", ""]
     return "\n".join(lines)
+
+
+def start_daphne(application, port, env, ready_path, log):
+    """One daphne process serving ``application`` on loopback (as the gateway is served)."""
+    command = [sys.executable, "-m", "daphne", "--verbosity", "0", "-b", "127.0.0.1", "-p", str(port), application]
+    return start(command, env, f"http://127.0.0.1:{port}{ready_path}", log)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=400)
+    parser.add_argument("--sequential", type=int, default=1000, help="sequential requests per target and round")
     parser.add_argument("--streams", type=int, default=256)
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="manallm-bench-"))
     (work / "aliases.yaml").write_text(ALIASES)
-    fake_port, gateway_port = free_port(), free_port()
+    fake_port, gateway_port, floor_port = free_port(), free_port(), free_port()
     fake = f"http://127.0.0.1:{fake_port}"
+    direct = f"{fake}/openai/v1/chat/completions"
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}", "ALIASES_FILE": str(work / "aliases.yaml"),
            "OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": f"{fake}/openai/v1", "OLLAMA_URL": fake,
-           "LOG_LEVEL": "warning"}
+           "LOG_LEVEL": "warning", "FLOOR_UPSTREAM": direct}
     logs = open(work / "processes.log", "wb")
     processes = []
     try:
-        processes.append(start([sys.executable, "fixtures/fake_upstream.py", "--port", str(fake_port)], env,
-                               f"{fake}/_faults", logs))
+        fake_process = start([sys.executable, "fixtures/fake_upstream.py", "--port", str(fake_port)], env,
+                             f"{fake}/_faults", logs)
+        processes.append(fake_process)
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         subprocess.run([sys.executable, "manage.py", "import_aliases", "-v0"], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL)
-        daphne = [sys.executable, "-m", "daphne", "--verbosity", "0", "-b", "127.0.0.1", "-p", str(gateway_port),
-                  "manallm.asgi:application"]
-        gateway_process = start(daphne, env, f"http://127.0.0.1:{gateway_port}/health", logs)
+        gateway_process = start_daphne("manallm.asgi:application", gateway_port, env, "/health", logs)
         processes.append(gateway_process)
-        direct = f"{fake}/openai/v1/chat/completions"
+        floor_process = start_daphne("bench.floor:application", floor_port, env, "/constant", logs)
+        processes.append(floor_process)
         gateway = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
-        results = asyncio.run(measure(direct, gateway, gateway_process.pid, args.rounds, args.per_round))
+        # The upstream first: every other row's added latency is measured against it.
+        targets = [Target("upstream direct", direct),
+                   Target("daphne constant", f"http://127.0.0.1:{floor_port}/constant", floor_process.pid),
+                   Target("floor", f"http://127.0.0.1:{floor_port}/forward", floor_process.pid),
+                   Target("gateway", gateway, gateway_process.pid)]
+        asyncio.run(measure_plain(targets, args.rounds, args.per_round))
+        measure_sequential(targets, args.rounds, args.sequential)
+        streams = asyncio.run(measure_streams(direct, gateway, args.rounds * 20))
         memory = asyncio.run(open_streams(gateway, fake, gateway_process.pid, args.streams))
         memory["count"] = args.streams
-        print(report(results, memory))
+        print(report(targets, streams, memory))
         if args.json:
-            Path(args.json).write_text(json.dumps({"results": results, "memory": memory}, indent=2))
+            Path(args.json).write_text(json.dumps({"summary": summary(targets), "streams": streams, "memory": memory,
+                                                   "plain": {t.name: t.plain for t in targets}}, indent=2))
     finally:
         for process in processes:
             process.terminate()

@@ -208,3 +208,11 @@ def redis_up(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def ci_tool(name: str) -> str:
+    """The path of a command-line tool .ci/run unpacks from a Debian package into
+    .ci/tools without installing it (promtool); else found like a server (PATH), skipped
+    or, under CI=true, failed when missing."""
+    unpacked = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci", "tools", "usr", "bin", name)
+    return unpacked if os.access(unpacked, os.X_OK) else server_binary(name)
