@@ -139,6 +139,20 @@ async def open_streams(gateway, fake, gateway_pid, count):
     return {"baseline_kib": baseline, "peak_kib": peak, "per_stream_kib": (peak - baseline) / count}
 
 
+async def request_log_cost(gateways, rounds, per_round):
+    """Gateway CPU ms per plain request for each REQUEST_LOG mode ({mode: (url, pid)}), interleaved."""
+    cpu = {mode: 0.0 for mode in gateways}
+    async with aiohttp.ClientSession() as session:
+        for url, _ in gateways.values():  # warm up
+            await plain_round(session, url, 8, 200, [])
+        for _ in range(rounds):
+            for mode, (url, pid) in gateways.items():
+                before = cpu_seconds(pid)
+                await plain_round(session, url, 8, per_round, [])
+                cpu[mode] += cpu_seconds(pid) - before
+    return {mode: seconds / (rounds * per_round) * 1000 for mode, seconds in cpu.items()}
+
+
 def report(results, memory):
     lines = ["", "manallm benchmark (one gateway process; client, gateway and fake upstream share this machine)", ""]
     lines.append("| concurrency | direct req/s | gateway req/s | ratio | added p50 ms | added p99 ms |")
@@ -153,7 +167,13 @@ def report(results, memory):
                   f"{s['direct']['total_p50_ms']:.2f} ms direct, {s['gateway']['total_p50_ms']:.2f} ms gateway",
               f"gateway CPU per plain request: {results['cpu_ms_per_request']:.3f} ms",
               f"memory with {memory['count']} open streams: {memory['per_stream_kib']:.1f} KiB per stream "
-              f"(RSS {memory['baseline_kib'] / 1024:.1f} -> {memory['peak_kib'] / 1024:.1f} MiB)", ""]
+              f"(RSS {memory['baseline_kib'] / 1024:.1f} -> {memory['peak_kib'] / 1024:.1f} MiB)"]
+    log = results.get("request_log_cpu_ms")
+    if log:
+        lines.append("gateway CPU per plain request by REQUEST_LOG: "
+                     + ", ".join(f"{mode} {ms:.3f} ms" for mode, ms in log.items())
+                     + f" (all adds {log['all'] - log['errors']:.3f} ms)")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -189,6 +209,14 @@ def main():
         results = asyncio.run(measure(direct, gateway, gateway_process.pid, args.rounds, args.per_round))
         memory = asyncio.run(open_streams(gateway, fake, gateway_process.pid, args.streams))
         memory["count"] = args.streams
+        log_port = free_port()  # a second gateway writing a request-log row for every request
+        log_gateway = start([*daphne[:-2], str(log_port), daphne[-1]], {**env, "REQUEST_LOG": "all"},
+                            f"http://127.0.0.1:{log_port}/health", logs)
+        processes.append(log_gateway)
+        results["request_log_cpu_ms"] = asyncio.run(request_log_cost(
+            {"errors": (gateway, gateway_process.pid),
+             "all": (f"http://127.0.0.1:{log_port}/v1/chat/completions", log_gateway.pid)},
+            args.rounds * 2, args.per_round))
         print(report(results, memory))
         if args.json:
             Path(args.json).write_text(json.dumps({"results": results, "memory": memory}, indent=2))
