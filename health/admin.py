@@ -10,6 +10,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from manallm.readonly import ReadOnlyAdmin
+
 from .breaker import HEALTHY, UNHEALTHY
 from .models import Breaker
 from .board import breakers
@@ -29,7 +31,7 @@ def _when(timestamp, now):
 
 
 @admin.register(Breaker)
-class BreakerAdmin(admin.ModelAdmin):
+class BreakerAdmin(ReadOnlyAdmin):
     list_display = ["key", "status", "consecutive_failures", "last_error", "last_checked", "open_until"]
     list_filter = ["provider"]
     search_fields = ["key", "last_error"]
@@ -92,12 +94,3 @@ class BreakerAdmin(admin.ModelAdmin):
                               messages.ERROR)
             return
         self.message_user(request, f"Closed {len(keys)} breaker(s): {', '.join(keys)}.", messages.SUCCESS)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -6,6 +6,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from manallm.readonly import ReadOnlyAdmin
+
 from .models import RequestLogEntry
 
 
@@ -66,7 +68,7 @@ class SinceFilter(admin.SimpleListFilter):
 
 
 @admin.register(RequestLogEntry)
-class RequestLogEntryAdmin(admin.ModelAdmin):
+class RequestLogEntryAdmin(ReadOnlyAdmin):
     list_display = ["time", "request_id", "consumer", "requested", "target", "status", "error_type", "attempt_count",
                     "latency_ms", "first_token_ms"]
     list_filter = [SinceFilter, OutcomeFilter, StatusClassFilter, "consumer", "requested", "target", "error_type"]
@@ -93,12 +95,3 @@ class RequestLogEntryAdmin(admin.ModelAdmin):
                                  enumerate(obj.attempts, 1)))
         return format_html('<table class="request-attempts"><thead><tr><th>#</th><th>entry</th><th>reason</th>'
                            "</tr></thead><tbody>{}</tbody></table>", rows)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
