@@ -3,7 +3,8 @@
 Starts the fake upstream and one gateway process, then measures, interleaved in one
 run, the same OpenAI requests sent straight to the fake upstream and through the
 gateway: plain calls at concurrency 1, 8 and 32, streams (time to first token and
-total), memory with 256 open streams, and the gateway's CPU time per request.
+total), memory with 256 open streams, and the gateway's CPU time per request (also
+with REQUEST_LOG=all, on a second gateway: what a request-log row costs).
 Numbers are from this machine, shared by client, gateway and fake upstream.
 """
 import argparse

@@ -69,7 +69,7 @@ class SinceFilter(admin.SimpleListFilter):
 
 @admin.register(RequestLogEntry)
 class RequestLogEntryAdmin(ReadOnlyAdmin):
-    list_display = ["time", "request_id", "consumer", "requested", "target", "status", "error_type", "attempt_count",
+    list_display = ["when", "request_id", "consumer", "requested", "target", "status", "error_type", "attempt_count",
                     "latency_ms", "first_token_ms"]
     list_filter = [SinceFilter, OutcomeFilter, StatusClassFilter, "consumer", "requested", "target", "error_type"]
     search_fields = ["=request_id"]
@@ -81,6 +81,10 @@ class RequestLogEntryAdmin(ReadOnlyAdmin):
               "status", "error_type", "latency_ms", "first_token_ms", "prompt_tokens", "completion_tokens",
               "cache", "limited"]
     readonly_fields = fields
+
+    @admin.display(description="time (UTC)", ordering="time")
+    def when(self, obj):
+        return f"{obj.time:%Y-%m-%d %H:%M:%S}"
 
     @admin.display(description="attempts")
     def attempt_count(self, obj):
