@@ -38,6 +38,8 @@ class BreakerResetView(APIView):
                            f"{', '.join(sorted(configured)) or 'none'}.", param="provider")
         model = self._model(request)
         if model:
+            if breakers.get(provider, model) is None:  # only a breaker the board knows: nothing else is written
+                raise NotFound(f"No breaker state for deployment '{provider}/{model}'.", param="model")
             breakers.reset_keys([breaker_key(provider, model)])
         else:
             breakers.reset(provider)

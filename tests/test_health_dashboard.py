@@ -53,6 +53,8 @@ def test_a_deployment_reset_closes_that_deployment_only(gw, fake):
 
     assert_error(httpx.post(f"{gw.url}/v1/health/groq/reset", json={"model": 7}, timeout=10), 400,
                  "invalid_request_error", param="model")
+    assert_error(httpx.post(f"{gw.url}/v1/health/groq/reset", json={"model": "never-called\x00"}, timeout=10), 404,
+                 "invalid_request_error", param="model")
     assert httpx.post(f"{gw.url}/v1/health/groq/reset", timeout=10).status_code == 200  # the whole provider
     assert deployments(gw)["second"]["status"] == "healthy"
 
