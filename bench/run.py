@@ -6,7 +6,8 @@ daphne: a bare forwarding ASGI app on the gateway's HTTP client, and a constant 
 then measures them in the same interleaved rounds: plain calls at concurrency 1, 8 and 32
 (aiohttp), each process's CPU time per request, a sequential keep-alive client for the
 tail at concurrency 1 (p50, p99, p99.9), streams through the gateway (time to first token
-and total) and memory with 256 open streams. Added latency is a target's percentile minus
+and total) and memory with 256 open streams; a second gateway with REQUEST_LOG=all shows
+what a request-log row costs. Added latency is a target's percentile minus
 the upstream's own. Numbers are from this machine, shared by client, servers and upstream.
 """
 import argparse
@@ -294,12 +295,19 @@ def main():
         processes.append(gateway_process)
         floor_process = start_daphne("bench.floor:application", floor_port, env, "/constant", logs)
         processes.append(floor_process)
+        # The same gateway writing a request-log row for every request (README#request-log).
+        logged_port = free_port()
+        logged_process = start_daphne("manallm.asgi:application", logged_port, {**env, "REQUEST_LOG": "all"},
+                                      "/health", logs)
+        processes.append(logged_process)
         gateway = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
         # The upstream first: every other row's added latency is measured against it.
         targets = [Target("upstream direct", direct),
                    Target("daphne constant", f"http://127.0.0.1:{floor_port}/constant", floor_process.pid),
                    Target("floor", f"http://127.0.0.1:{floor_port}/forward", floor_process.pid),
-                   Target("gateway", gateway, gateway_process.pid)]
+                   Target("gateway", gateway, gateway_process.pid),
+                   Target("gateway, REQUEST_LOG=all", f"http://127.0.0.1:{logged_port}/v1/chat/completions",
+                          logged_process.pid)]
         asyncio.run(measure_plain(targets, args.rounds, args.per_round))
         measure_sequential(targets, args.rounds, args.sequential)
         streams = asyncio.run(measure_streams(direct, gateway, args.rounds * 20))

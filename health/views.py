@@ -34,17 +34,24 @@ def overall_status(statuses: Iterable[str]) -> str:
 
 
 def provider_entry(name: str, provider: Provider, snapshot: dict | None = None) -> dict:
-    """A provider's breaker and its deployments', with its requests in flight."""
+    """A provider's breaker and its deployments', with its requests in flight and its cap
+    (``max_concurrent``, None when unlimited)."""
     entry = breakers.entry(name, snapshot)
     fields = {key: value for key, value in entry.items() if key != "models"}
-    return {**fields, "in_flight": getattr(provider, "in_flight", 0), "models": entry.get("models", {})}
+    return {**fields, "in_flight": getattr(provider, "in_flight", 0),
+            "max_concurrent": getattr(provider, "max_concurrent", None), "models": entry.get("models", {})}
+
+
+def health_body() -> dict:
+    """GET /v1/health's body (also read by the admin's health dashboard)."""
+    snapshot = breakers.snapshot()
+    providers = {name: provider_entry(name, p, snapshot) for name, p in registry.configured().items()}
+    return {"status": overall_status(e["status"] for e in providers.values()), "providers": providers}
 
 
 @openai_view("GET", "HEAD")
 async def health_detail(request: HttpRequest) -> HttpResponse:
-    snapshot = breakers.snapshot()
-    providers = {name: provider_entry(name, p, snapshot) for name, p in registry.configured().items()}
-    return json_response({"status": overall_status(e["status"] for e in providers.values()), "providers": providers})
+    return json_response(health_body())
 
 
 @openai_view("GET", "HEAD")

@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "health",
     "providers",
     "consumers",
+    "requestlog",
 ]
 
 # Every middleware is async-native; the admin's session/CSRF stack runs only on the
@@ -142,6 +143,11 @@ MODELS_CACHE_SECONDS = env_float("MODELS_CACHE_SECONDS", 60)
 # server lets in-flight requests and streams finish (README#running-several-replicas).
 WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
 SHUTDOWN_GRACE = env_float("SHUTDOWN_GRACE", 30)
+# The request log (README#request-log): which requests get a row, and for how many days.
+REQUEST_LOG = env("REQUEST_LOG", "errors").lower()
+if REQUEST_LOG not in ("off", "errors", "all"):
+    raise ValueError(f"REQUEST_LOG must be off, errors or all, not {REQUEST_LOG!r}")
+REQUEST_LOG_DAYS = env_float("REQUEST_LOG_DAYS", 7)
 
 # (name, kind, URL variable, default URL, key variable); ollama needs no key.
 PROVIDER_CATALOGUE = [

@@ -136,3 +136,30 @@ async def test_a_fallback_reads_no_database(gateway_settings, aliases, fake):
     for thread, sql in measured.queries:
         assert thread.startswith("manallm-db"), (thread, sql)
         assert sql.split()[0].upper() in ("UPDATE", "INSERT", "BEGIN", "COMMIT", "SAVEPOINT", "RELEASE"), sql
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_request_log_all_reads_no_database_on_the_request_path(gateway_settings, aliases, fake):
+    """REQUEST_LOG=all: every request is a row, held in memory on the request path; the
+    rows reach the database only through the background DB thread's batch write."""
+    from manallm.background import run_db
+    from requestlog.buffer import request_log
+    from requestlog.models import RequestLogEntry
+
+    gateway_settings.REQUEST_LOG = "all"
+    client = AsyncClient()
+    assert (await client.post("/v1/chat/completions", chat_body(), content_type="application/json")).status_code == 200
+    await run_db(request_log.flush)
+    held = request_log.held()
+    with AllQueries() as measured:
+        for extra in ({}, {"stream": True}):
+            response = await client.post("/v1/chat/completions", chat_body(**extra), content_type="application/json")
+            assert response.status_code == 200
+            if extra:
+                await read_stream(response)
+    assert measured.queries == [] and measured.new_connections == []
+    assert request_log.held() == held + 2
+    with AllQueries() as flushed:
+        await run_db(request_log.flush)
+    assert {thread.split("_")[0] for thread, _ in flushed.queries} == {"manallm-db"}
+    assert await RequestLogEntry.objects.acount() >= 2

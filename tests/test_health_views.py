@@ -61,7 +61,8 @@ async def test_health_shape_all_healthy(configured):
     assert set(body["providers"]) == {"ollama", "openrouter"}  # every configured provider, no others
     ollama = body["providers"]["ollama"]
     assert ollama == {"status": "healthy", "consecutive_failures": 0, "last_error": None, "last_check_unix": None,
-                      "unhealthy_until_unix": None, "in_flight": 0, "models": {}}
+                      "unhealthy_until_unix": None, "in_flight": 0, "max_concurrent": None,
+                      "models": {}}
 
 
 async def test_health_details_and_overall_status(configured, clock):

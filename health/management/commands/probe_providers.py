@@ -1,4 +1,9 @@
-"""python manage.py probe_providers [--once] [--interval 30] [--timeout 3] (README#commands)."""
+"""python manage.py probe_providers [--once] [--interval 30] [--timeout 3] (README#commands).
+
+Beside the probe loop it runs the chores apps registered with manallm.housekeeping
+(the request log's hourly prune): the prober is the one long-lived process of a
+deployment that is not serving requests. ``--once`` runs each chore once too.
+"""
 import asyncio
 
 from django.core.management.base import BaseCommand, CommandError
@@ -26,8 +31,25 @@ class Command(BaseCommand):
 
         report = (lambda result: self.stdout.write(result.summary())) if once else None
         try:
-            asyncio.run(probe.main(once=once, interval=interval, timeout=timeout, report=report))
+            asyncio.run(self.run(probe.main(once=once, interval=interval, timeout=timeout, report=report), once))
         except KeyboardInterrupt:
             pass
         except Exception as exc:  # pragma: no cover - a setup error (database, settings)
             raise CommandError(f"probe_providers failed: {exc}") from exc
+
+    @staticmethod
+    async def run(probing, once: bool) -> None:
+        """The probe loop with the housekeeping chores beside it, stopped with it."""
+        from manallm import housekeeping
+
+        if once:
+            await probing
+            for chore in housekeeping.chores():
+                await housekeeping.run_once(chore)
+            return
+        chores = asyncio.ensure_future(housekeeping.run_forever())
+        try:
+            await probing
+        finally:
+            chores.cancel()
+            await asyncio.gather(chores, return_exceptions=True)
