@@ -129,9 +129,9 @@ class AliasAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(reverse("admin:routing_aliaschange_change", args=[change.pk]))
         at = change.at.strftime("%Y-%m-%d %H:%M:%S")
         if changed:
-            self.message_user(request, f"{alias.name} restored to its version of {at} UTC.", messages.SUCCESS)
+            self.message_user(request, f"Restored {alias.name} to its version of {at} UTC.", messages.SUCCESS)
         else:
-            self.message_user(request, f"{alias.name} already is its version of {at} UTC; nothing changed.",
+            self.message_user(request, f"Nothing to restore: {alias.name} already is its version of {at} UTC.",
                               messages.INFO)
         return HttpResponseRedirect(reverse("admin:routing_alias_change", args=[alias.pk]))
 
