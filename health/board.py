@@ -33,7 +33,7 @@ from django.conf import settings
 from manallm.background import announce, announce_from_sync, run_db
 
 from . import rows
-from .breaker import HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
+from .breaker import HALF_OPEN, HEALTHY, UNHEALTHY, Breaker, breaker_key, clean_error
 
 logger = logging.getLogger("manallm.health")
 
@@ -87,6 +87,18 @@ class BreakerBoard:
         re-opens the breaker; until then (or until the trial's lease of
         FIRST_TOKEN_TIMEOUT runs out, for a call that never reports) the others skip it.
         """
+        return SKIP_REASON if self.admit(provider, model, claim=True) == UNHEALTHY else None
+
+    def peek(self, provider: str, model: str = "") -> str:
+        """What ``claim`` would decide now, claiming nothing (the route preview): HEALTHY
+        (closed), HALF_OPEN (a trial call would be let through) or UNHEALTHY (skipped:
+        open, or its trial already out)."""
+        return self.admit(provider, model, claim=False)
+
+    def admit(self, provider: str, model: str, *, claim: bool) -> str:
+        """The breaker verdict on a call to ``provider/model`` (both its breakers), shared
+        by ``claim`` and ``peek``: HEALTHY, HALF_OPEN or UNHEALTHY. With ``claim`` a
+        half-open verdict takes the trial."""
         now = self.clock()
         keys = (provider, f"{provider}/{model}") if model else (provider,)
         half_open = []
@@ -95,11 +107,14 @@ class BreakerBoard:
             if breaker is None or breaker.unhealthy_until is None:
                 continue
             if now < breaker.unhealthy_until or self._trials.get(key, 0) > now:
-                return SKIP_REASON
+                return UNHEALTHY
             half_open.append(key)
-        for key in half_open:
-            self._trials[key] = now + settings.FIRST_TOKEN_TIMEOUT
-        return None
+        if not half_open:
+            return HEALTHY
+        if claim:
+            for key in half_open:
+                self._trials[key] = now + settings.FIRST_TOKEN_TIMEOUT
+        return HALF_OPEN
 
     def _end_trials(self, provider, model):
         self._trials.pop(provider, None)

@@ -46,6 +46,8 @@ class ProviderAPI(Protocol):
     kind: str | None
     in_flight: int
 
+    def saturated(self) -> bool: ...
+
     def try_acquire(self) -> bool: ...
 
     def release(self) -> None: ...
@@ -94,9 +96,13 @@ class Provider:
 
     # --- concurrency cap (README#configuration <PROVIDER>_MAX_CONCURRENT) ---------------------------
 
+    def saturated(self) -> bool:
+        """Whether the provider is at its cap now (a read: the route preview asks it too)."""
+        return self.max_concurrent is not None and self.in_flight >= self.max_concurrent
+
     def try_acquire(self) -> bool:
         """Take an in-flight slot, or say the provider is saturated. Never blocks."""
-        if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
+        if self.saturated():
             return False
         self.in_flight += 1
         return True

@@ -1,18 +1,41 @@
-"""Aliases in the Django admin, their chain inline (README#aliases-file).
+"""Aliases in the Django admin, their chain inline (README#aliases-file), and the operator
+console's alias side (README#operator-console): the route preview, the history with its
+diff and "restore this version", and Try it.
 
 The chain goes through routing.validators and Alias.set_chain like the YAML and the API;
 the default mark moves in Alias.save; the default alias cannot be deleted here either
-(the model layer's guard, shown as a message).
+(the model layer's guard, shown as a message). Every admin view that writes aliases runs
+inside ``recorded("admin:<username>")``, so the history names who did it.
 """
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
-from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.http import urlencode
 
-from .models import Alias, ChainEntry, DefaultAliasProtected
+from manallm.errors import ModelNotFound
+
+from . import console, history, preview
+from .models import Alias, AliasChange, ChainEntry, DefaultAliasProtected, alias_state, recorded
 from .validators import AliasError, validate_alias
+
+
+def admin_actor(request: HttpRequest) -> str:
+    """The history's actor for a change made in the admin."""
+    return f"admin:{request.user.get_username()}"
+
+
+def history_items(name: str, changes) -> list[dict]:
+    """The history rows the templates show: each change, its diff, and whether its version
+    can be restored (it is not what the alias is now)."""
+    current = alias_state(name)
+    return [{"change": change, "diff": history.diff(change), "current": change.version == current,
+             "restore_url": reverse("admin:routing_alias_restore", args=[change.pk])}
+            for change in changes]
 
 
 class ChainEntryInline(admin.TabularInline):
@@ -56,6 +79,61 @@ class AliasAdmin(admin.ModelAdmin):
     inlines = [ChainEntryInline]
     actions = ["delete_selected"]
     fields = ["name", "description", "is_default", "stream_continuation"]
+    change_form_template = "admin/routing/alias/change_form.html"
+    history_shown = 50  # the newest changes on the alias page; every one is in "Alias changes"
+
+    def get_urls(self):
+        return [
+            path("history/<int:change_id>/restore/", self.admin_site.admin_view(self.restore_view),
+                 name="routing_alias_restore"),
+            path("try/", console.try_alias, name="routing_alias_try"),  # async; checks staff itself
+            *super().get_urls(),
+        ]
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        with recorded(admin_actor(request)):
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def changelist_view(self, request, extra_context=None):
+        with recorded(admin_actor(request)):  # the bulk delete action runs in here
+            return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        alias = self.get_object(request, unquote(object_id))
+        if alias is not None and request.method == "GET":
+            extra_context = {**(extra_context or {}), **self.console_context(alias)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def console_context(self, alias: Alias) -> dict:
+        """The route preview, the history and Try it for the alias page."""
+        try:
+            route = preview.route(alias.name)
+        except ModelNotFound:
+            route = None  # not in this process's table yet (it follows within a poll)
+        changes = AliasChange.objects.filter(alias=alias.name)[: self.history_shown]
+        return {"route": route, "history": history_items(alias.name, changes),
+                "try_url": reverse("admin:routing_alias_try"),
+                "all_changes_url": reverse("admin:routing_aliaschange_changelist") + "?" + urlencode({"alias__exact": alias.name})}
+
+    def restore_view(self, request: HttpRequest, change_id: int) -> HttpResponse:
+        """POST: put the version a recorded change left back (a ``restored`` change itself)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not (self.has_change_permission(request) and self.has_add_permission(request)):
+            raise PermissionDenied
+        change = get_object_or_404(AliasChange, pk=change_id)
+        try:
+            alias, changed = history.restore(change, admin_actor(request))
+        except AliasError as exc:
+            self.message_user(request, f"Not restored: {exc}", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:routing_aliaschange_change", args=[change.pk]))
+        at = change.at.strftime("%Y-%m-%d %H:%M:%S")
+        if changed:
+            self.message_user(request, f"Restored {alias.name} to its version of {at} UTC.", messages.SUCCESS)
+        else:
+            self.message_user(request, f"Nothing to restore: {alias.name} already is its version of {at} UTC.",
+                              messages.INFO)
+        return HttpResponseRedirect(reverse("admin:routing_alias_change", args=[alias.pk]))
 
     @admin.display(description="chain")
     def chain_display(self, obj):
@@ -84,7 +162,8 @@ class AliasAdmin(admin.ModelAdmin):
         except DefaultAliasProtected as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return HttpResponseRedirect(reverse("admin:routing_alias_change", args=[object_id]))
-        return super().delete_view(request, object_id, extra_context)
+        with recorded(admin_actor(request)):
+            return super().delete_view(request, object_id, extra_context)
 
     @admin.action(permissions=["delete"], description=django_delete_selected.short_description)
     def delete_selected(self, request: HttpRequest, queryset) -> HttpResponse | None:
@@ -96,3 +175,31 @@ class AliasAdmin(admin.ModelAdmin):
             self.message_user(request, f"Nothing deleted: {exc}", messages.ERROR)
             return None
         return django_delete_selected(self, request, queryset)
+
+
+@admin.register(AliasChange)
+class AliasChangeAdmin(admin.ModelAdmin):
+    """Every recorded alias change, deleted aliases' included (README#alias-history): read
+    only; a change's page shows its diff and restores its version."""
+
+    list_display = ["at", "alias", "action", "actor"]
+    list_filter = ["action", "alias"]
+    search_fields = ["alias", "actor"]
+    fields = ["at", "alias", "action", "actor"]
+    change_form_template = "admin/routing/aliaschange/change_form.html"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        change = self.get_object(request, unquote(object_id))
+        if change is not None:
+            extra_context = {**(extra_context or {}), "history": history_items(change.alias, [change]),
+                             "alias_now": Alias.objects.filter(name=change.alias).first()}
+        return super().change_view(request, object_id, form_url, extra_context)

@@ -1,4 +1,5 @@
-"""The alias management API (README#endpoints): GET /v1/aliases, GET/PUT/DELETE /v1/aliases/<name>.
+"""The alias management API (README#endpoints): GET /v1/aliases, GET/PUT/DELETE /v1/aliases/<name>,
+GET /v1/aliases/<name>/route (the route preview) and GET /v1/aliases/<name>/history.
 
 DRF as DRF: a ViewSet on a router, AliasSerializer for validation and representation,
 manallm.auth for who may write, manallm.errors.drf_exception_handler for the envelope.
@@ -10,18 +11,28 @@ import logging
 
 from django.db import DatabaseError
 from rest_framework import status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from manallm.auth import ManagementAccess, StaffSession
+from manallm.auth import ManagementAccess, StaffSession, require_admin
 from manallm.errors import InvalidRequest, ModelNotFound
 from manallm.jsonbody import JSONBodyParser
 
-from .models import Alias, DefaultAliasProtected
-from .serializers import AliasSerializer
+from . import preview
+from .models import Alias, AliasChange, DefaultAliasProtected, recorded
+from .serializers import AliasChangeSerializer, AliasSerializer
 from .table import Snapshot, aliases
 
 logger = logging.getLogger("manallm.routing")
+
+
+class AdminReads(ManagementAccess):
+    """Reads that need the admin key too (the history says who changed what)."""
+
+    def has_permission(self, request, view) -> bool:
+        require_admin(request._request)
+        return True
 
 
 class AliasViewSet(viewsets.ViewSet):
@@ -54,16 +65,36 @@ class AliasViewSet(viewsets.ViewSet):
         """PUT creates or replaces the alias whole (201 or 200)."""
         serializer = AliasSerializer(data=request.data, context={"name": name})
         serializer.is_valid(raise_exception=True)
-        serializer.save()
+        with recorded(api_actor(request)):
+            serializer.save()
         status_code = status.HTTP_201_CREATED if serializer.created else status.HTTP_200_OK
         return Response(serializer.data, status=status_code)
 
     def destroy(self, request: Request, name: str) -> Response:
         try:
-            self.alias_or_404(name).delete()
+            with recorded(api_actor(request)):
+                self.alias_or_404(name).delete()
         except DefaultAliasProtected as exc:
             raise InvalidRequest(str(exc), param=exc.field, code=exc.code) from exc
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=True, methods=["get"])
+    def route(self, request: Request, name: str) -> Response:
+        """The route preview (README#operator-console): this process's memory, no upstream call."""
+        return Response(preview.route(name))
+
+    @action(detail=True, methods=["get"], permission_classes=[AdminReads])
+    def history(self, request: Request, name: str) -> Response:
+        """Every recorded change of the alias, newest first; a deleted alias's too."""
+        changes = AliasChange.objects.filter(alias=name)
+        if not changes.exists() and not Alias.objects.filter(name=name).exists():
+            raise ModelNotFound(f"Unknown alias {name!r}: it has no history.", param="name")
+        return Response({"alias": name, "history": AliasChangeSerializer(changes, many=True).data})
+
+
+def api_actor(request: Request) -> str:
+    """The history's actor for a write through this API (README#alias-history)."""
+    return f"api:{getattr(request, 'consumer', None) or 'anonymous'}"
 
 
 def current_aliases() -> Snapshot:

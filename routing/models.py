@@ -1,6 +1,11 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import F, Q
+from django.utils import timezone
 
 from .validators import (AliasError, AliasSpec, EntrySpec, validate_alias_name, validate_first_token_timeout,
                          validate_target)
@@ -50,7 +55,7 @@ class AliasQuerySet(models.QuerySet):
 
         Returns ``(alias, created)``. ``default=False`` leaves the mark where it is.
         """
-        with transaction.atomic():
+        with changing(spec.name):
             alias, created = self.update_or_create(name=spec.name, defaults={
                 "description": spec.description, "stream_continuation": spec.stream_continuation})
             alias.set_chain(spec.chain)
@@ -67,6 +72,11 @@ class AliasQuerySet(models.QuerySet):
         default = self.filter(is_default=True).values_list("name", flat=True).first()
         if default is not None:
             raise DefaultAliasProtected(default)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Delete the selection, each alias's deletion recorded in its history (AliasChange)."""
+        with changing(*self.values_list("name", flat=True)):
+            return super().delete()
 
 
 class Alias(models.Model):
@@ -101,8 +111,14 @@ class Alias(models.Model):
                 for model, constraints in super().get_constraints()]
 
     def save(self, *args, **kwargs):
-        # Marking this alias the default takes the mark from the previous one.
-        with transaction.atomic():
+        # Marking this alias the default takes the mark from the previous one. Recorded:
+        # a rename is this name's creation and the old name's deletion.
+        names = [self.name]
+        if self.pk is not None:
+            names += Alias.objects.filter(pk=self.pk).values_list("name", flat=True)
+        if self.is_default:
+            names += Alias.objects.filter(is_default=True).exclude(pk=self.pk).values_list("name", flat=True)
+        with changing(*names):
             if self.is_default:
                 Alias.objects.filter(is_default=True).exclude(pk=self.pk).update(is_default=False)
             super().save(*args, **kwargs)
@@ -116,7 +132,7 @@ class Alias(models.Model):
     def delete(self, *args, **kwargs):
         """Refuse to delete the default alias (DefaultAliasProtected); the database, not
         this instance, says which alias is the default (another writer may have moved it)."""
-        with transaction.atomic():
+        with changing(self.name):
             Alias.objects.filter(pk=self.pk).check_deletable()
             return super().delete(*args, **kwargs)
 
@@ -129,7 +145,7 @@ class Alias(models.Model):
 
     def set_chain(self, specs) -> None:
         """Replace the chain with these EntrySpecs, in order."""
-        with transaction.atomic():
+        with changing(self.name):
             self.entries.all().delete()
             ChainEntry.objects.bulk_create(
                 ChainEntry(alias=self, position=i, target=spec.target, enabled=spec.enabled,
@@ -184,3 +200,117 @@ class Revision(models.Model):
     @classmethod
     def current(cls) -> int:
         return cls.objects.filter(name=cls.ALIASES).values_list("number", flat=True).first() or 0
+
+
+# --- history (README#alias-history) --------------------------------------------------
+
+
+class AliasChange(models.Model):
+    """One committed change of one alias: who, when, and the alias before and after it.
+
+    ``alias`` is the name, not a key, so a deleted alias's history stays. ``before`` and
+    ``after`` are the alias in its aliases-file mapping form (``AliasSpec.to_data()``,
+    plus ``"default": true`` while it is the default alias); None where it did not exist.
+    Written by ``recorded`` in the transaction of the change itself.
+    """
+
+    CREATED, UPDATED, DELETED, RESTORED = "created", "updated", "deleted", "restored"
+    ACTIONS = [(a, a) for a in (CREATED, UPDATED, DELETED, RESTORED)]
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.CharField(max_length=200, help_text="admin:<username>, api:<consumer>, import_aliases or sighup")
+    action = models.CharField(max_length=10, choices=ACTIONS)
+    alias = models.CharField(max_length=100, db_index=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "alias change"
+
+    def __str__(self):
+        return f"{self.alias} {self.action} by {self.actor}"
+
+    @property
+    def version(self) -> dict | None:
+        """The alias as this change left it (for a deletion: as it was deleted)."""
+        return self.after if self.after is not None else self.before
+
+
+UNKNOWN_ACTOR = "unknown"  # a write outside the four paths (a shell, a test)
+
+
+def alias_state(name: str) -> dict | None:
+    """The alias as history records it, or None when there is no such alias."""
+    alias = Alias.objects.filter(name=name).prefetch_related("entries").first()
+    if alias is None:
+        return None
+    data = alias.spec().to_data()
+    if alias.is_default:
+        data["default"] = True
+    return data
+
+
+class Recording:
+    """The aliases one change touches, each as it was before the change's first write."""
+
+    def __init__(self, actor: str, action: str | None):
+        self.actor, self.action = actor, action
+        self.before: dict[str, dict | None] = {}
+        self.changes: list[AliasChange] = []  # what write() recorded
+
+    def touch(self, name: str) -> None:
+        if name and name not in self.before:
+            self.before[name] = alias_state(name)
+
+    def write(self) -> None:
+        """One AliasChange per touched alias that differs now; none when nothing changed."""
+        now = timezone.now()
+        changes = []
+        for name, before in self.before.items():
+            after = alias_state(name)
+            if after == before:
+                continue
+            if after is None:
+                action = AliasChange.DELETED
+            else:
+                action = self.action or (AliasChange.CREATED if before is None else AliasChange.UPDATED)
+            changes.append(AliasChange(at=now, actor=self.actor, action=action, alias=name,
+                                       before=before, after=after))
+        self.changes = AliasChange.objects.bulk_create(changes)
+
+
+_recording: ContextVar[Recording | None] = ContextVar("alias_recording", default=None)
+
+
+@contextmanager
+def recorded(actor: str | None = None, action: str | None = None) -> Iterator[Recording]:
+    """Record the alias writes made inside as one change by ``actor`` (README#alias-history).
+
+    Each entry path opens one around its writes (``admin:<username>``, ``api:<consumer>``,
+    ``import_aliases``, ``sighup``; ``action="restored"`` for a restore); the model
+    layer's writes open one too (``changing``), which joins the enclosing one, so every
+    write is recorded at this one point, in the transaction of the change. A write with
+    no enclosing one is recorded by itself, as ``unknown``.
+    """
+    current = _recording.get()
+    if current is not None:
+        yield current
+        return
+    recording = Recording(actor or UNKNOWN_ACTOR, action)
+    token = _recording.set(recording)
+    try:
+        with transaction.atomic():
+            yield recording
+            recording.write()
+    finally:
+        _recording.reset(token)
+
+
+@contextmanager
+def changing(*names: str) -> Iterator[None]:
+    """One write of the model layer to these aliases: a transaction, recorded (``recorded``)."""
+    with recorded() as recording:
+        for name in names:
+            recording.touch(name)
+        yield

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection
 
 from . import aliasfile
+from .models import recorded
 from .validators import AliasError
 
 logger = logging.getLogger("manallm.routing")
@@ -22,7 +23,8 @@ def reload_aliases_file() -> None:
     """Re-import ALIASES_FILE; a bad file changes nothing and is logged."""
     path = settings.ALIASES_FILE
     try:
-        result = aliasfile.sync(path)
+        with recorded("sighup"):  # the alias history's actor (README#alias-history)
+            result = aliasfile.sync(path)
     except AliasError as exc:
         logger.error("SIGHUP: not reloading %s: %s; aliases unchanged", path, exc)
         return

@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
+from health.board import SKIP_REASON as BREAKER_SKIP
 from health.board import BreakerBoard
 from health.board import breakers as default_breakers
+from health.breaker import HEALTHY, UNHEALTHY
 from manallm import metrics
 from manallm.errors import APIError
 from providers import errors
@@ -116,9 +118,7 @@ class Router:
             if not entry.prefill or entry.target in tried:
                 continue
             provider = self.providers.get(entry.provider)
-            reason = self._claim(provider, entry)
-            if reason is None and not provider.try_acquire():
-                reason = "saturated"
+            reason, _ = self.admit(provider, entry)
             if reason is not None:
                 logger.info("stream continuation skips %s: %s", entry.target, reason)
                 continue
@@ -173,15 +173,11 @@ class Router:
         for index, entry in enumerate(chain):
             next_target = chain[index + 1].target if index + 1 < len(chain) else ""
             provider = self.providers.get(entry.provider)
-            reason = self._claim(provider, entry)
-            if reason is None and wants_tools and not await provider.supports_tools(entry.model):
-                raise self._propagated(entry, attempts, errors.CapabilityError(
-                    f"{entry.target} cannot call tools; the request carries 'tools'. Use a tool-capable model "
-                    "or alias rather than have the tools silently dropped.", param="tools"))
-            if reason is None and not provider.try_acquire():
-                reason = "saturated"
+            reason, _ = self.admit(provider, entry)
+            if reason is None and wants_tools:
+                await self._check_tools(provider, entry, attempts)
             if reason is not None:
-                if reason == "cache-unhealthy":
+                if reason == BREAKER_SKIP:
                     breaker_skips.append(entry)
                 self._fall(attempts, entry, reason, next_target)
                 continue
@@ -203,14 +199,40 @@ class Router:
 
         raise self._exhausted(chain, attempts, breaker_skips)
 
-    def _claim(self, provider: Any, entry: Entry) -> str | None:
-        """None when a call to this entry may go ahead now (claiming a half-open breaker's
-        trial if that is what lets it through), else the skip reason."""
+    def admit(self, provider: Any, entry: Entry, *, claim: bool = True) -> tuple[str | None, str]:
+        """The skip rules (README#endpoints), written once: ``(skip reason or None, breaker
+        status)`` for a call to ``entry`` now, the status HEALTHY, HALF_OPEN or UNHEALTHY.
+
+        ``claim`` (the walk, a stream continuation): a call is about to be made, so a
+        half-open breaker's trial is claimed and a concurrency slot taken, which the
+        caller releases. Without it (the route preview, routing.preview) only memory is
+        read: no trial claimed, no slot taken.
+        """
         if provider is None:
-            return "unconfigured"
+            return "unconfigured", HEALTHY
         if not entry.enabled:
-            return "disabled"
-        return self.breakers.claim(entry.provider, entry.model)
+            return "disabled", HEALTHY
+        status = self.breakers.admit(entry.provider, entry.model, claim=claim)
+        if status == UNHEALTHY:
+            return BREAKER_SKIP, status
+        full = not provider.try_acquire() if claim else provider.saturated()
+        if full:
+            return "saturated", status
+        return None, status
+
+    async def _check_tools(self, provider: Any, entry: Entry, attempts: list[Attempt]) -> None:
+        """Refuse tools for a model that cannot call them (capability), freeing the slot
+        ``admit`` took."""
+        try:
+            capable = await provider.supports_tools(entry.model)
+        except BaseException:
+            provider.release()
+            raise
+        if not capable:
+            provider.release()
+            raise self._propagated(entry, attempts, errors.CapabilityError(
+                f"{entry.target} cannot call tools; the request carries 'tools'. Use a tool-capable model "
+                "or alias rather than have the tools silently dropped.", param="tools"))
 
     async def _try_entry(self, provider: Any, entry: Entry, attempt: AttemptFn[T],
                          attempts: list[Attempt]) -> tuple[T, float]:

@@ -5,7 +5,7 @@ too); the write is the model layer's ``Alias.objects.put``.
 """
 from rest_framework import serializers
 
-from .models import Alias
+from .models import Alias, AliasChange
 from .table import AliasView
 from .validators import AliasError, validate_alias
 
@@ -51,3 +51,12 @@ class AliasSerializer(serializers.Serializer):
         """Create or replace (PUT): the model layer's one alias write."""
         alias, self.created = Alias.objects.put(validated_data["spec"], default=validated_data["default"])
         return alias
+
+
+class AliasChangeSerializer(serializers.ModelSerializer):
+    """One history entry (README#alias-history): ``{"id", "at", "actor", "action", "before", "after"}``
+    (``id`` names the change for a restore)."""
+
+    class Meta:
+        model = AliasChange
+        fields = ["id", "at", "actor", "action", "before", "after"]

@@ -216,3 +216,34 @@ def ci_tool(name: str) -> str:
     or, under CI=true, failed when missing."""
     unpacked = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci", "tools", "usr", "bin", name)
     return unpacked if os.access(unpacked, os.X_OK) else server_binary(name)
+
+
+# --- the admin of a real gateway ------------------------------------------------------------
+
+
+def create_superuser(server, username: str = "root", password: str = "console-pw-1") -> tuple[str, str]:
+    """A superuser in a gateway process's database (through ``manage.py shell``)."""
+    server.manage("shell", "-c", "from django.contrib.auth import get_user_model; "
+                  f"get_user_model().objects.create_superuser({username!r}, 'root@example.com', {password!r})")
+    return username, password
+
+
+def csrf_token_of(html: str) -> str:
+    """The CSRF token a Django form carries."""
+    import re
+
+    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert match, html[:2000]
+    return match.group(1)
+
+
+def admin_login(server, username: str, password: str):
+    """An httpx client logged in to a gateway's admin (the login form, with its CSRF token)."""
+    import httpx
+
+    client = httpx.Client(base_url=server.url, timeout=20)
+    token = csrf_token_of(client.get("/admin/login/").text)
+    response = client.post("/admin/login/", data={"username": username, "password": password,
+                                                  "csrfmiddlewaretoken": token, "next": "/admin/"})
+    assert response.status_code == 302, response.text[:2000]
+    return client

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from routing import aliasfile
+from routing.models import recorded
 from routing.validators import AliasError
 
 
@@ -16,7 +17,8 @@ class Command(BaseCommand):
     def handle(self, *args, path=None, dry_run=False, prune=False, **options):
         path = path or settings.ALIASES_FILE
         try:
-            result = aliasfile.sync(path, prune=prune, dry_run=dry_run)
+            with recorded("import_aliases"):  # the alias history's actor (README#alias-history)
+                result = aliasfile.sync(path, prune=prune, dry_run=dry_run)
         except AliasError as exc:
             raise CommandError(f"{path}: {exc}; nothing was written") from exc
         for line in result.lines():
