@@ -4,7 +4,7 @@ Validation is consumers.validators' (the one validator the admin's form uses too
 consumer reads as its fields plus its keys, each as ``{"prefix", "created", "expires_at",
 "revoked", "last_used_unix"}``: never a key, never a hash.
 """
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db import IntegrityError, transaction
 from rest_framework import serializers
@@ -23,7 +23,7 @@ def fields_of(consumer: Consumer) -> dict:
 
 
 def iso(when: datetime | None) -> str | None:
-    return when.isoformat() if when else None
+    return when.astimezone(UTC).isoformat() if when else None
 
 
 def key_data(row: ConsumerKey) -> dict:

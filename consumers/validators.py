@@ -114,7 +114,7 @@ def parse_time(field: str, value: object) -> datetime | None:
         if isinstance(value, str) and value.strip():
             text = value.strip()
             when = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
-            return when if when.tzinfo else when.replace(tzinfo=UTC)
+            return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     except (ValueError, OverflowError, OSError):
         pass
     raise ConsumerError(field, "must be an ISO-8601 time or Unix seconds")
