@@ -1,7 +1,6 @@
 """Issue 11: the consumer management API on a real gateway (README#consumers) — the admin
 key for reads and writes alike, one shape in and out, a 400 naming the field for every
 bad field, 404 for unknown names, never a key or a hash in an answer."""
-import httpx
 import pytest
 
 from tests.helpers import assert_error, create_consumer, issue_key
