@@ -7,6 +7,8 @@ limits are the operator's alone), manallm.errors.drf_exception_handler for the e
 (a database that cannot commit is a 503 and nothing changes). Every committed write moves
 the consumers' revision (consumers.signals), so every process enforces it within a second.
 """
+import re
+
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -19,6 +21,9 @@ from manallm.jsonbody import JSONBodyParser
 from . import keys
 from .models import Consumer, ConsumerKey
 from .serializers import ConsumerSerializer, KeyRequestSerializer, iso
+from .validators import NAME
+
+PREFIX = re.compile(r"[A-Za-z0-9_-]{%d}" % keys.PREFIX_CHARS)
 
 
 class ConsumerViewSet(viewsets.ViewSet):
@@ -29,10 +34,11 @@ class ConsumerViewSet(viewsets.ViewSet):
     lookup_value_regex = r"[^/]+"  # any name reaches the lookup and its 404
 
     def consumer_or_404(self, name: str) -> Consumer:
-        try:
-            return Consumer.objects.prefetch_related("keys").get(name=name)
-        except Consumer.DoesNotExist:
-            raise NotFound(f"Unknown consumer {name[:80]!r}.", param="name", code="consumer_not_found") from None
+        # A name no consumer can have is not looked up (PostgreSQL refuses a NUL in a query).
+        consumer = Consumer.objects.prefetch_related("keys").filter(name=name).first() if NAME.fullmatch(name) else None
+        if consumer is None:
+            raise NotFound(f"Unknown consumer {name[:80]!r}.", param="name", code="consumer_not_found")
+        return consumer
 
     def list(self, request: Request) -> Response:
         return Response({"consumers": ConsumerSerializer(Consumer.objects.prefetch_related("keys"), many=True).data})
@@ -70,7 +76,7 @@ class ConsumerViewSet(viewsets.ViewSet):
     def revoke_key(self, request: Request, name: str, prefix: str) -> Response:
         """Revoke (not delete) the key with this prefix: it stays listed, refused everywhere."""
         consumer = self.consumer_or_404(name)
-        row = ConsumerKey.objects.filter(consumer=consumer, prefix=prefix).first()
+        row = ConsumerKey.objects.filter(consumer=consumer, prefix=prefix).first() if PREFIX.fullmatch(prefix) else None
         if row is None:
             raise NotFound(f"Consumer {name!r} has no key {prefix[:20]!r}.", param="prefix", code="key_not_found")
         keys.revoke(row)

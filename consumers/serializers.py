@@ -11,7 +11,7 @@ from rest_framework import serializers
 
 from . import keys
 from .models import Consumer, ConsumerKey
-from .validators import FIELDS, ConsumerError, parse_time, validate_consumer
+from .validators import FIELDS, ConsumerError, field_name, parse_time, validate_consumer
 
 
 def invalid(error: ConsumerError, code: str = "invalid_consumer") -> serializers.ValidationError:
@@ -85,7 +85,7 @@ class KeyRequestSerializer(serializers.Serializer):
             data = {}
         if not isinstance(data, dict):
             raise invalid(ConsumerError("body", "must be a JSON object: {\"expires_at\": ...} or {}"))
-        unknown = sorted(str(key)[:40] for key in data if key != "expires_at")
+        unknown = sorted(field_name(key) for key in data if key != "expires_at")
         try:
             if unknown:
                 raise ConsumerError(unknown[0], "unknown field; a key request has only expires_at")

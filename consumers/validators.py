@@ -36,7 +36,7 @@ def validate_consumer(data: dict, *, name: str | None = None) -> dict:
     URL of a PATCH); otherwise ``data["name"]`` is required."""
     if not isinstance(data, dict):
         raise ConsumerError("body", "must be a JSON object")
-    unknown = sorted(str(key)[:40] for key in data if key not in FIELDS)
+    unknown = sorted(field_name(key) for key in data if key not in FIELDS)
     if unknown:
         raise ConsumerError(unknown[0], f"unknown field; a consumer has {', '.join(FIELDS)}")
     clean = {"name": check_name(data.get("name") if name is None else name)}
@@ -118,6 +118,12 @@ def parse_time(field: str, value: object) -> datetime | None:
     except (ValueError, OverflowError, OSError):
         pass
     raise ConsumerError(field, "must be an ISO-8601 time or Unix seconds")
+
+
+def field_name(key: object) -> str:
+    """An unknown field's name as a message and ``param`` may carry it (escaped, cut)."""
+    text = key if isinstance(key, str) and key.isprintable() else repr(key)
+    return text[:40]
 
 
 def _shown(value: str, limit: int = 80) -> str:

@@ -155,3 +155,23 @@ def test_key_requests(gw, http):
     keys = http.get("/v1/consumers/keyed", headers=ADMIN).json()["keys"]
     assert len(keys) == 4 and len({k["prefix"] for k in keys}) == 4
     assert all(set(k) == {"prefix", "created", "expires_at", "revoked", "last_used_unix"} for k in keys)
+
+
+def test_hostile_names_and_fields_are_clean_errors(gw, http):
+    create_consumer(gw, ADMIN_KEY, "sturdy")
+    for path in ("/v1/consumers/%00", "/v1/consumers/a%0Ab", "/v1/consumers/" + "n" * 5000,
+                 "/v1/consumers/%F0%9F%98%80"):
+        assert_error(http.get(path, headers=ADMIN), 404, "invalid_request_error")
+    for prefix in ("%00%00%00%00%00%00%00%00", "short", "x" * 5000):
+        assert_error(http.delete(f"/v1/consumers/sturdy/keys/{prefix}", headers=ADMIN), 404, "invalid_request_error")
+    for content, field in ((b'{"name": "ok", "description": "lone \\ud800"}', None),  # refused by the parser
+                           (b'{"name": "ok", "description": "nul \\u0000"}', "description"),
+                           (b'{"name": "ok", "allowed_models": ["a\\u0000"]}', "allowed_models"),
+                           (b'{"name": "ok", "\\u0000": 1}', "'\\x00'"),
+                           (b'{"name": "ok", "rpm": 1e400}', None),
+                           (b'{"name": "ok", "rpm": 100000000000000000000000000000000}', "rpm")):
+        response = http.post("/v1/consumers", content=content, headers={**ADMIN, "Content-Type": "application/json"})
+        assert_error(response, 400, "invalid_request_error", param=field)
+    for expires in ("9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00", -1e18):
+        assert_error(http.post("/v1/consumers/sturdy/keys", json={"expires_at": expires}, headers=ADMIN),
+                     400, "invalid_request_error", param="expires_at")

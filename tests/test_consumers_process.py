@@ -36,6 +36,10 @@ def test_key_changes_reach_the_other_process_within_a_second(make_server, shared
     assert status(b, None).status_code == 200  # open: no key of any kind yet
 
     create_consumer(a, ADMIN_KEY, "team-a", allowed_models=["mana/*"])
+    # A NUL in a name or prefix never reaches the database (PostgreSQL would refuse the query).
+    assert_error(httpx.get(f"{a.url}/v1/consumers/a%00b", headers=ADMIN, timeout=10), 404, "invalid_request_error")
+    assert_error(httpx.delete(f"{a.url}/v1/consumers/team-a/keys/abc%00defg", headers=ADMIN, timeout=10),
+                 404, "invalid_request_error")
     key = issue_key(a, ADMIN_KEY, "team-a")["key"]
     within_a_second("key issued on A accepted by B", lambda: status(b, key).status_code == 200, b)
     assert status(b, None).status_code == 401  # B knows a consumer key exists: closed
