@@ -9,7 +9,9 @@ class ConsumersConfig(AppConfig):
     def ready(self) -> None:
         from manallm import background
 
-        from . import signals  # noqa: F401  (connects the consumer-change receivers)
+        from . import keys, signals  # noqa: F401  (signals connects the consumer-change receivers)
         from .table import consumers
 
         background.register(consumers)
+        background.on_start(keys.start_writer)  # keys' last use, written every few seconds
+        background.on_shutdown(keys.flush_last_used)

@@ -5,6 +5,7 @@ The plain /v1 views see only ClientKeyMiddleware's check; the DRF management API
 """
 import hmac
 import ipaddress
+from typing import Protocol
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -34,11 +35,26 @@ def is_admin_key(key: str | None) -> bool:
     return bool(key and settings.MANA_LLM_ADMIN_KEY and _matches(key, [settings.MANA_LLM_ADMIN_KEY]))
 
 
-def client_identity(request: HttpRequest) -> str | None:
+class ConsumerKeys(Protocol):
+    """The issued consumer keys, as the consumers app holds them in memory (this core
+    module imports no app: manallm's middleware passes them in)."""
+
+    def identify(self, key: str) -> str | None:
+        """The consumer ``key`` authenticates as; None when it is no consumer key. Raises
+        AuthenticationFailed for an unknown, revoked or expired one, or a deactivated consumer."""
+
+    def exist(self) -> bool:
+        """Whether any consumer key exists (then keyless calls are refused)."""
+
+
+def client_identity(request: HttpRequest, consumer_keys: ConsumerKeys | None = None) -> str | None:
     """The consumer a /v1 request is attributed to (README#consumers), or None to refuse it.
 
     ``admin`` for the admin key or a staff session, ``env`` for a key of MANA_LLM_API_KEY,
-    ``anonymous`` while the gateway needs no key at all.
+    a consumer's name for its key (``consumer_keys``, which may raise AuthenticationFailed),
+    ``anonymous`` while the gateway needs no key at all: no MANA_LLM_API_KEY and no
+    consumer key. On such an open gateway any other key (the SDKs always send one) is
+    ``anonymous`` too.
     """
     key = presented_key(request)
     if key:
@@ -46,9 +62,11 @@ def client_identity(request: HttpRequest) -> str | None:
             return "admin"
         if _matches(key, settings.MANA_LLM_API_KEYS):
             return "env"
+        if consumer_keys is not None and (consumer := consumer_keys.identify(key)) is not None:
+            return consumer
     if _is_staff_session(request):
         return "admin"
-    if not settings.MANA_LLM_API_KEYS:
+    if not settings.MANA_LLM_API_KEYS and not (consumer_keys is not None and consumer_keys.exist()):
         return "anonymous"
     return None
 
@@ -94,8 +112,9 @@ def management_access(request: HttpRequest) -> str | None:
     if not settings.MANA_LLM_ADMIN_KEY:
         return "admin" if is_loopback_client(request) else "remote"
     key = presented_key(request)
-    if key and _matches(key, settings.MANA_LLM_API_KEYS):
-        return "client"
+    if key and (_matches(key, settings.MANA_LLM_API_KEYS) or getattr(request, "consumer", None) not in
+                (None, "anonymous", "admin")):
+        return "client"  # a key of MANA_LLM_API_KEY, or a consumer's key (ClientKeyMiddleware said which)
     return None
 
 
@@ -139,6 +158,15 @@ class StaffSession(SessionAuthentication):
         if _is_staff_session(request._request) and not is_admin_key(presented_key(request._request)):
             self.enforce_csrf(request)  # lets safe methods through
         return (user, None)
+
+
+class AdminAccess(BasePermission):
+    """Every method, reads too, needs require_admin's access: resources that are the
+    operator's alone (consumers and their keys)."""
+
+    def has_permission(self, request, view) -> bool:
+        require_admin(request._request)
+        return True
 
 
 class ManagementAccess(BasePermission):

@@ -11,6 +11,8 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.utils.module_loading import import_string
 
+from consumers.keys import directory as consumer_keys
+
 from . import auth
 from .errors import AuthenticationFailed
 from .logs import request_id_var
@@ -156,8 +158,10 @@ class BrowserStackMiddleware(AsyncMiddleware):
 
 
 class ClientKeyMiddleware(AsyncMiddleware):
-    """Who is calling (``request.consumer``, auth.client_identity): with MANA_LLM_API_KEY
-    set, every /v1 call needs a client (or the admin) key."""
+    """Who is calling (``request.consumer``, auth.client_identity with the consumers' keys
+    held in memory): with MANA_LLM_API_KEY set or any consumer key issued, every /v1 call
+    needs a client key (MANA_LLM_API_KEY, a consumer's ``mk-`` key, or the admin key); a
+    revoked or expired key, or one of a deactivated consumer, is refused with its reason."""
 
     def __init__(self, get_response):
         super().__init__(get_response)
@@ -170,10 +174,13 @@ class ClientKeyMiddleware(AsyncMiddleware):
             # request.user would query the database from the event loop (the key and
             # staff checks below and in async views read it).
             request.user = await request.auser()
-        consumer = auth.client_identity(request)
+        refused = None
+        try:
+            consumer = auth.client_identity(request, consumer_keys)
+        except AuthenticationFailed as error:  # a revoked or expired key: the answer says which
+            consumer, refused = None, error
         if consumer is None and request.path.startswith("/v1/") and request.method != "OPTIONS":
-            return AuthenticationFailed(
-                "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
-            ).response()
+            return (refused or AuthenticationFailed(
+                "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")).response()
         request.consumer = consumer
         return await self.get_response(request)

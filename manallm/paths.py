@@ -25,6 +25,7 @@ PATHS: tuple[tuple[str, bool, bool], ...] = (
     ("/ready", True, False),
     ("/metrics", True, False),
     ("/v1/aliases", False, True),
+    ("/v1/consumers", False, True),  # the consumer management API: staff sessions too
     ("/admin", False, True),
     ("/static/", False, True),
 )

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 import orjson
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from consumers import scope
 from manallm import drain
 from manallm.errors import ModelNotFound, json_response
 from manallm.exchange import Exchange
@@ -28,6 +29,7 @@ def begin(request: HttpRequest, body: dict, kind: str) -> Exchange:
     exchange = Exchange(getattr(request, "request_id", ""), getattr(request, "consumer", None) or "anonymous",
                         kind, streaming=bool(body.get("stream")), requested=aliases.requested_name(body.get("model")))
     request.exchange = exchange
+    scope.check(exchange.consumer, exchange.requested)  # 403 before routing (README#consumers)
     return exchange
 
 

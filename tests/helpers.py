@@ -247,3 +247,27 @@ def admin_login(server, username: str, password: str):
                                                   "csrfmiddlewaretoken": token, "next": "/admin/"})
     assert response.status_code == 302, response.text[:2000]
     return client
+
+
+# --- consumers (README#consumers) -------------------------------------------------------
+
+
+def create_consumer(gateway, admin_key, name, **fields):
+    """Create a consumer through the management API (asserting the 201); its JSON."""
+    import httpx
+
+    response = httpx.post(f"{gateway.url}/v1/consumers", json={"name": name, **fields}, timeout=10,
+                          headers={"Authorization": f"Bearer {admin_key}"})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def issue_key(gateway, admin_key, name, **body):
+    """Issue a key for a consumer through the management API (asserting the 201): the answer,
+    ``{"key", "prefix", "created", "expires_at"}``."""
+    import httpx
+
+    response = httpx.post(f"{gateway.url}/v1/consumers/{name}/keys", json=body, timeout=10,
+                          headers={"Authorization": f"Bearer {admin_key}"})
+    assert response.status_code == 201, response.text
+    return response.json()
