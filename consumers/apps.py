@@ -7,9 +7,19 @@ class ConsumersConfig(AppConfig):
     name = "consumers"
 
     def ready(self) -> None:
-        from manallm import background
+        from django.conf import settings
+
+        from manallm import background, exchange
 
         from . import signals  # noqa: F401  (connects the consumer-change receivers)
+        from .limits import limiter
         from .table import consumers
+        from .usage import book, flush_on_shutdown
 
         background.register(consumers)
+        # Usage: summed per request, flushed every USAGE_FLUSH_SECONDS by the poller (after
+        # the consumers, whose budgets it reads) and once more on a graceful stop.
+        background.register(book)
+        background.on_shutdown(flush_on_shutdown)
+        exchange.on_finish(book.record)
+        limiter.configure(settings.REDIS_URL)

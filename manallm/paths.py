@@ -25,6 +25,7 @@ PATHS: tuple[tuple[str, bool, bool], ...] = (
     ("/ready", True, False),
     ("/metrics", True, False),
     ("/v1/aliases", False, True),
+    ("/v1/usage", False, True),  # a report from the database; staff sessions too
     ("/admin", False, True),
     ("/static/", False, True),
 )

@@ -142,6 +142,8 @@ MODELS_CACHE_SECONDS = env_float("MODELS_CACHE_SECONDS", 60)
 # server lets in-flight requests and streams finish (README#running-several-replicas).
 WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
 SHUTDOWN_GRACE = env_float("SHUTDOWN_GRACE", 30)
+# How often each process writes its usage counters to the database (README#consumers).
+USAGE_FLUSH_SECONDS = env_float("USAGE_FLUSH_SECONDS", 5)
 
 # (name, kind, URL variable, default URL, key variable); ollama needs no key.
 PROVIDER_CATALOGUE = [

@@ -7,6 +7,7 @@ urlpatterns = [
     path("metrics", ExportToDjangoView, name="prometheus-metrics"),
     path("", include("health.urls")),
     path("", include("routing.urls")),
+    path("", include("consumers.usage_urls")),
 ]
 
 handler404 = "manallm.views.not_found"
