@@ -267,8 +267,8 @@ async def test_redis_hung_costs_a_request_at_most_the_timeout(team, clock, redis
         down = time.perf_counter() - started
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
-    print(f"\n[measured] admission with Redis hung: {hung * 1000:.1f} ms (timeout {limits.REDIS_TIMEOUT * 1000:.0f} ms), "
-          f"then {down * 1000:.2f} ms once marked down")
+    print(f"\n[measured] admission with Redis hung: {hung * 1000:.1f} ms "
+          f"(timeout {limits.REDIS_TIMEOUT * 1000:.0f} ms), then {down * 1000:.2f} ms once marked down")
     assert limits.REDIS_TIMEOUT <= hung < limits.REDIS_TIMEOUT + 0.25
     assert down < limits.REDIS_TIMEOUT
 
@@ -380,3 +380,24 @@ def test_redis_killed_mid_run_requests_keep_succeeding(make_server, redis_server
     assert statuses == [200] * 7 + [429] * 2  # the process kept counting: 12 in the minute
     assert max(timings) < 1
     assert wait_for(lambda: gw.logs().count("Redis unavailable for consumer limits") == 1, timeout=2), gw.logs()
+
+
+def test_an_open_stream_holds_its_concurrency_slot(make_server, fake):
+    gw = make_server(env={"MANA_LLM_ADMIN_KEY": ADMIN})
+    key = new_consumer_key()
+    add_consumer(gw, "streamer", key, max_concurrent=1)
+    assert key_served(gw, "streamer", key)
+    fake.fault("groq", "slow-stream", chunk_delay=0.2)
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=gw.url, headers=headers, timeout=20) as client:
+        with client.stream("POST", "/v1/chat/completions",
+                           json=chat("groq/slow-stream", text="one two three four five six", stream=True)) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            refused = client.post("/v1/chat/completions", json=chat())
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "consumer_concurrency"
+            assert refused.headers["Retry-After"] == "1"
+            assert "data: [DONE]" in list(lines)  # the stream itself was not disturbed
+        # The stream ended: its slot is free again.
+        assert wait_for(lambda: client.post("/v1/chat/completions", json=chat()).status_code == 200, timeout=5)
