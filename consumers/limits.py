@@ -196,20 +196,27 @@ class SharedCounts:
                    late: Callable[[list], None] | None = None) -> list | None:
         """The script's answer within REDIS_TIMEOUT, or None (the caller counts in the process)."""
         task = asyncio.get_running_loop().create_task(self._run(script, keys, args))
-        done, _ = await asyncio.wait({task}, timeout=REDIS_TIMEOUT)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=REDIS_TIMEOUT)
+        except asyncio.CancelledError:  # the client left: the answer, when it comes, is handled as late
+            self._detach(task, late)
+            raise
         if done:
             return task.result()
         if not self.slow_logged:
             self.slow_logged = True
             logger.warning("Redis answered consumer limits slower than %g ms; such a request is counted in this "
                            "process", REDIS_TIMEOUT * 1000)
+        self._detach(task, late)
+        if len(self.late) > MAX_LATE:
+            self._fault(f"{len(self.late)} calls unanswered after {REDIS_TIMEOUT * 1000:g} ms")
+        return None
+
+    def _detach(self, task: asyncio.Task, late: Callable[[list], None] | None) -> None:
         self.late.add(task)
         task.add_done_callback(self.late.discard)
         if late is not None:
             task.add_done_callback(lambda ended: _deliver(ended, late))
-        if len(self.late) > MAX_LATE:
-            self._fault(f"{len(self.late)} calls unanswered after {REDIS_TIMEOUT * 1000:g} ms")
-        return None
 
     async def _run(self, script, keys: list[str], args: list) -> list | None:
         try:
