@@ -26,6 +26,7 @@ PATHS: tuple[tuple[str, bool, bool], ...] = (
     ("/metrics", True, False),
     ("/v1/aliases", False, True),
     ("/v1/consumers", False, True),  # the consumer management API: staff sessions too
+    ("/v1/usage", False, True),  # a report from the database; staff sessions too
     ("/admin", False, True),
     ("/static/", False, True),
 )

@@ -148,6 +148,8 @@ REQUEST_LOG = env("REQUEST_LOG", "errors").lower()
 if REQUEST_LOG not in ("off", "errors", "all"):
     raise ValueError(f"REQUEST_LOG must be off, errors or all, not {REQUEST_LOG!r}")
 REQUEST_LOG_DAYS = env_float("REQUEST_LOG_DAYS", 7)
+# How often each process writes its usage counters to the database (README#consumers).
+USAGE_FLUSH_SECONDS = env_float("USAGE_FLUSH_SECONDS", 5)
 
 # (name, kind, URL variable, default URL, key variable); ollama needs no key.
 PROVIDER_CATALOGUE = [

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", include("health.urls")),
     path("", include("routing.urls")),
     path("", include("consumers.urls")),
+    path("", include("consumers.usage_urls")),
 ]
 
 handler404 = "manallm.views.not_found"

@@ -41,7 +41,7 @@ async def try_alias(request: HttpRequest) -> HttpResponse:
     body = schema.validate_chat({"model": name, "messages": [{"role": "user", "content": prompt}],
                                  "max_tokens": MAX_TOKENS})
     request.consumer = "admin"  # staff act as the admin (README#consumers)
-    exchange = begin(request, body, "chat")
+    exchange = await begin(request, body, "chat")
     served = await router.chat(body)
     served_by(exchange, served)
     usage = served.value.get("usage")

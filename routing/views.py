@@ -12,6 +12,7 @@ import orjson
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from consumers import scope
+from consumers.limits import limiter
 from manallm import drain
 from manallm.errors import ModelNotFound, json_response
 from manallm.exchange import Exchange
@@ -24,12 +25,14 @@ from .streams import Relay
 from .table import aliases
 
 
-def begin(request: HttpRequest, body: dict, kind: str) -> Exchange:
-    """The request's bookkeeping record (manallm.exchange), finished by openai_view or sse()."""
+async def begin(request: HttpRequest, body: dict, kind: str) -> Exchange:
+    """The request's bookkeeping record (manallm.exchange), finished by openai_view or sse();
+    the consumer's limits are checked here, before anything goes upstream."""
     exchange = Exchange(getattr(request, "request_id", ""), getattr(request, "consumer", None) or "anonymous",
                         kind, streaming=bool(body.get("stream")), requested=aliases.requested_name(body.get("model")))
     request.exchange = exchange
     scope.check(exchange.consumer, exchange.requested)  # 403 before routing (README#consumers)
+    await limiter.admit(exchange)
     return exchange
 
 
@@ -42,7 +45,7 @@ def served_by(exchange: Exchange, served: Served) -> None:
 @openai_view("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     body = schema.validate_chat(schema.parse_json(request))
-    exchange = begin(request, body, "chat")
+    exchange = await begin(request, body, "chat")
     if body.get("stream"):
         served = await router.chat_stream(body)
         served_by(exchange, served)
@@ -100,7 +103,7 @@ def _stream_ended(relay: Relay, exchange: Exchange) -> None:
 @openai_view("POST")
 async def embeddings(request: HttpRequest) -> HttpResponse:
     body = schema.validate_embeddings(schema.parse_json(request))
-    exchange = begin(request, body, "embeddings")
+    exchange = await begin(request, body, "embeddings")
     served = await router.embed(body)
     served_by(exchange, served)
     exchange.add_usage(served.value.get("usage"))

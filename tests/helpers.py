@@ -271,3 +271,36 @@ def issue_key(gateway, admin_key, name, **body):
                           headers={"Authorization": f"Bearer {admin_key}"})
     assert response.status_code == 201, response.text
     return response.json()
+# --- consumers ---------------------------------------------------------------------------
+
+
+def new_consumer_key():
+    """A consumer key of the issued shape: ``mk-`` and 40 URL-safe characters."""
+    import secrets
+
+    return "mk-" + secrets.token_urlsafe(30)
+
+
+def add_consumer(server, name, key, **fields):
+    """Create a consumer and one key for it in ``server``'s database, through the ORM of a
+    ``manage.py shell`` run with the server's environment (only the key's hash is stored)."""
+    code = (
+        "from consumers.models import Consumer, ConsumerKey\n"
+        "from consumers.table import key_hash\n"
+        f"consumer = Consumer.objects.create(name={name!r}, **{fields!r})\n"
+        f"ConsumerKey.objects.create(consumer=consumer, prefix={key[3:11]!r}, hash=key_hash({key!r}))\n"
+    )
+    server.manage("shell", "-c", code)
+
+
+def key_served(server, name, key, timeout=5.0):
+    """Wait until ``server`` attributes ``key`` to consumer ``name`` (its own usage is readable
+    with it), without spending a request of the consumer's limits."""
+    import httpx
+
+    def known():
+        response = httpx.get(f"{server.url}/v1/usage", params={"consumer": name},
+                             headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        return response.status_code == 200
+
+    return wait_for(known, timeout=timeout, interval=0.05)
