@@ -40,7 +40,8 @@ class ChainFormSet(forms.BaseInlineFormSet):
                  for row in rows]
         name = self.instance.name or "mana/new"
         try:
-            self.chain = validate_alias(name, {"description": self.instance.description, "chain": chain}).chain
+            self.chain = validate_alias(name, {"description": self.instance.description, "chain": chain,
+                                               "cache_ttl": self.instance.cache_ttl}).chain
         except AliasError as exc:
             raise ValidationError(str(exc)) from exc
 
@@ -55,7 +56,7 @@ class AliasAdmin(admin.ModelAdmin):
     search_fields = ["name", "description", "entries__target"]
     inlines = [ChainEntryInline]
     actions = ["delete_selected"]
-    fields = ["name", "description", "is_default", "stream_continuation"]
+    fields = ["name", "description", "is_default", "stream_continuation", "cache_ttl"]
 
     @admin.display(description="chain")
     def chain_display(self, obj):
