@@ -49,8 +49,20 @@ class ChainFormSet(forms.BaseInlineFormSet):
 ChainEntryInline.formset = ChainFormSet
 
 
+class AliasForm(forms.ModelForm):
+    """``cache_ttl`` left out of a post means 0 (no cache), as in the YAML and the API."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["cache_ttl"].required = False
+
+    def clean_cache_ttl(self) -> int:
+        return self.cleaned_data.get("cache_ttl") or 0
+
+
 @admin.register(Alias)
 class AliasAdmin(admin.ModelAdmin):
+    form = AliasForm
     list_display = ["name", "is_default", "chain_display", "description"]
     list_filter = ["is_default"]
     search_fields = ["name", "description", "entries__target"]

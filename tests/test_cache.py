@@ -5,8 +5,10 @@ the in-process LRU, the fake upstream counting the calls that reach it, and the 
 Every test asks its own question (its name is in the prompt), so the module's one
 gateway and its cache serve them all without one test's entries reaching another.
 """
+import json
 import subprocess
 import sys
+import time
 
 import httpx
 import openai
@@ -378,3 +380,64 @@ def test_an_sdk_error_is_never_replayed(gw, fake):
     answer = client.chat.completions.create(model="mana/solo", messages=chat(None, "test_sdk_error")["messages"])
     assert answer.choices[0].message.content
     assert calls(fake, SOLO) == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("ttl, saved", [("120", 120), ("", 0), (str(30 * 24 * 3600 + 1), None)])
+def test_the_admin_edits_cache_ttl_through_the_one_validator(client, django_user_model, ttl, saved):
+    from routing.models import Alias
+
+    client.force_login(django_user_model.objects.create_superuser("root", "root@example.com", "pw"))
+    response = client.post("/admin/routing/alias/add/", {
+        "name": "mana/admin-ttl", "description": "", "cache_ttl": ttl, "entries-TOTAL_FORMS": "1",
+        "entries-INITIAL_FORMS": "0", "entries-MIN_NUM_FORMS": "0", "entries-MAX_NUM_FORMS": "1000",
+        "entries-0-position": "0", "entries-0-target": QWEN, "entries-0-enabled": "on"})
+    if saved is None:
+        assert response.status_code == 200 and "from 0 to 2592000 (30 days)" in response.content.decode()
+        assert not Alias.objects.filter(name="mana/admin-ttl").exists()
+    else:
+        assert response.status_code == 302
+        assert Alias.objects.get(name="mana/admin-ttl").spec().cache_ttl == saved
+
+
+@pytest.fixture
+def cached_alias():
+    """This process serves ``mana/c`` (cache_ttl 60) from an LRU, its time and Age on a FakeClock."""
+    from routing.table import AliasView, Entry, Snapshot, aliases
+
+    saved, clock = aliases.snapshot, FakeClock()
+    aliases.snapshot = Snapshot(1, {"mana/c": AliasView("mana/c", "", (Entry("ollama", "q"),), cache_ttl=60)},
+                                "mana/c")
+    cache.responses.clock = clock
+    cache.responses.use(LRUBackend(1 << 20, clock))
+    yield clock
+    aliases.snapshot = saved
+    cache.responses.clock = time.time
+    cache.responses.use(None)
+
+
+async def test_age_counts_from_the_store_and_the_entry_expires_with_the_alias_ttl(cached_alias):
+    from django.test import RequestFactory
+
+    from manallm.errors import json_response
+    from manallm.exchange import Exchange
+    from routing.served import Served
+    from routing.table import Entry
+
+    request = RequestFactory().post("/v1/chat/completions")
+    body = chat("mana/c", "age")
+    answer = {"id": "a", "object": "chat.completion", "created": 1, "model": "ollama/q",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+
+    def pending():
+        return cache.begin(request, body, Exchange("r", "anonymous", "chat", requested="mana/c"))
+
+    assert await pending().lookup() is None
+    served = Served(Entry("ollama", "q"), "mana/c", [], answer)
+    pending().answered(json_response(answer, headers=served.headers()), served)
+    cached_alias.advance(42)
+    hit = await pending().lookup()
+    assert (hit["X-Mana-LLM-Cache"], hit["Age"], hit["X-Mana-LLM-Resolved"]) == ("hit", "42", "ollama/q")
+    assert json.loads(hit.content) == answer
+    cached_alias.advance(18)  # 60 s after the store: gone
+    assert await pending().lookup() is None
