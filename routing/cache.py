@@ -43,6 +43,7 @@ logger = logging.getLogger("manallm.cache")
 # Request fields that do not change the answer; ``model`` is the alias, keyed apart.
 IGNORED = frozenset({"stream", "stream_options", "user", "metadata", "model"})
 # How a choice may end to be stored: not cut (None), not refused (content_filter).
+FORMAT = 1  # of a stored entry (``Pending._put``); part of the key, so a new format never reads an old entry
 COMPLETE = frozenset({"stop", "length", "tool_calls", "function_call"})
 
 
@@ -72,7 +73,7 @@ responses = ResponseCache()
 def cache_key(consumer: str, alias: str, kind: str, body: dict) -> str:
     """The entry's key: consumer, alias, call type and the canonical body (sorted keys,
     ``IGNORED`` fields left out)."""
-    canonical = [consumer, alias, kind, {key: value for key, value in body.items() if key not in IGNORED}]
+    canonical = [FORMAT, consumer, alias, kind, {key: value for key, value in body.items() if key not in IGNORED}]
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -128,13 +129,19 @@ class Pending:
         if stored is None:
             self._count("miss")
             return None
-        self._count("hit")
         meta, _, answer = stored.partition(b"\n")
-        meta = orjson.loads(meta)
+        try:
+            meta = orjson.loads(meta)
+            resolved, at = meta["resolved"], float(meta["at"])
+        except (ValueError, TypeError, KeyError):  # not an entry this version wrote: go upstream, overwrite it
+            logger.warning("response cache: unreadable entry for %s; answering from upstream", self.alias)
+            self._count("bypass")
+            return None
+        self._count("hit")
         self.exchange.alias = self.alias
-        self.exchange.target = meta["resolved"]
-        headers = {"X-Mana-LLM-Resolved": meta["resolved"], "X-Mana-LLM-Cache": "hit",
-                   "Age": str(max(0, int(responses.clock() - meta["at"])))}
+        self.exchange.target = resolved
+        headers = {"X-Mana-LLM-Resolved": resolved, "X-Mana-LLM-Cache": "hit",
+                   "Age": str(max(0, int(responses.clock() - at)))}
         if self.stream:
             answer = replay(orjson.loads(answer), self.include_usage)
             headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

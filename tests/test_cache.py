@@ -416,28 +416,35 @@ def cached_alias():
     cache.responses.use(None)
 
 
-async def test_age_counts_from_the_store_and_the_entry_expires_with_the_alias_ttl(cached_alias):
+def pending(text):
+    """This process's cache part in an anonymous chat request to ``mana/c`` (no server)."""
     from django.test import RequestFactory
 
-    from manallm.errors import json_response
     from manallm.exchange import Exchange
+
+    return cache.begin(RequestFactory().post("/v1/chat/completions"), chat("mana/c", text),
+                       Exchange("r", "anonymous", "chat", requested="mana/c"))
+
+
+async def test_age_counts_from_the_store_and_the_entry_expires_with_the_alias_ttl(cached_alias):
+    from manallm.errors import json_response
     from routing.served import Served
     from routing.table import Entry
 
-    request = RequestFactory().post("/v1/chat/completions")
-    body = chat("mana/c", "age")
     answer = {"id": "a", "object": "chat.completion", "created": 1, "model": "ollama/q",
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
-
-    def pending():
-        return cache.begin(request, body, Exchange("r", "anonymous", "chat", requested="mana/c"))
-
-    assert await pending().lookup() is None
+    assert await pending("age").lookup() is None
     served = Served(Entry("ollama", "q"), "mana/c", [], answer)
-    pending().answered(json_response(answer, headers=served.headers()), served)
+    pending("age").answered(json_response(answer, headers=served.headers()), served)
     cached_alias.advance(42)
-    hit = await pending().lookup()
+    hit = await pending("age").lookup()
     assert (hit["X-Mana-LLM-Cache"], hit["Age"], hit["X-Mana-LLM-Resolved"]) == ("hit", "42", "ollama/q")
     assert json.loads(hit.content) == answer
     cached_alias.advance(18)  # 60 s after the store: gone
-    assert await pending().lookup() is None
+    assert await pending("age").lookup() is None
+
+
+async def test_an_entry_this_version_cannot_read_is_a_bypass_not_an_error(cached_alias):
+    unreadable = pending("unreadable")
+    cache.responses.backend.put(unreadable.key, b"not an entry", 60)
+    assert await unreadable.lookup() is None and unreadable.exchange.cache == "bypass"
