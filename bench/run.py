@@ -30,13 +30,15 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import free_port, redis_up  # noqa: E402
 
 BODY = {"model": "mana/bench", "messages": [{"role": "user", "content": "Say hello in five words."}]}
 BODY_BYTES = json.dumps(BODY).encode()
 STREAM_BODY = {**BODY, "stream": True}
 CONCURRENCIES = (1, 8, 32)
 ALIASES = "aliases:\n  mana/bench:\n    description: benchmark\n    chain: [openai/gpt-4o-mini]\ndefault: mana/bench\n"
+ALIASES = ALIASES.replace("default:", "  mana/bench-cached:\n    cache_ttl: 3600\n    chain: [openai/gpt-4o-mini]\n"
+                          "default:")  # the response cache
 
 
 def start(cmd, env, ready_url, log):
@@ -265,6 +267,74 @@ def start_daphne(application, port, env, ready_path, log):
     return start(command, env, f"http://127.0.0.1:{port}{ready_path}", log)
 
 
+# --- the response cache (README#response-cache) ------------------------------------------
+
+
+async def cache_rows(direct, gateway, gateway_pid, rounds, per_round):
+    """p50 latency and gateway CPU per request, interleaved at concurrency 1: the upstream
+    directly, an alias without a cache, a miss (a new question each time), a hit."""
+    cached = {**BODY, "model": "mana/bench-cached"}
+    fresh = (f"miss {n} {time.time_ns()}" for n in range(10**9))
+    rows = {name: {"latencies": [], "cpu": 0.0, "count": 0} for name in ("direct", "no cache", "miss", "hit")}
+    async with aiohttp.ClientSession() as session:
+        async def one(url, body, row):
+            started = time.perf_counter()
+            async with session.post(url, json=body) as response:
+                await response.read()
+                assert response.status == 200, response.status
+            row["latencies"].append(time.perf_counter() - started)
+
+        for _ in range(2):
+            await one(gateway, cached, {"latencies": []})  # stored (Redis: written after the answer)
+        for _ in range(rounds):
+            for name, row in rows.items():
+                before = cpu_seconds(gateway_pid)
+                for _ in range(per_round):
+                    body = {"no cache": BODY, "hit": cached, "direct": BODY}.get(name) or {
+                        **cached, "messages": [{"role": "user", "content": next(fresh)}]}
+                    await one(direct if name == "direct" else gateway, body, row)
+                row["cpu"] += cpu_seconds(gateway_pid) - before
+                row["count"] += per_round
+    return {name: {"p50_ms": pct(row["latencies"], 0.5), "cpu_ms": row["cpu"] / row["count"] * 1000}
+            for name, row in rows.items()}
+
+
+def cache_bench(env, direct, gateway, gateway_pid, logs, rounds, per_round):
+    """The cache rows for the in-process LRU (the main gateway) and for Redis (a second
+    gateway on a redis-server of its own, when one is installed)."""
+    import shutil
+
+    results = {"in-process": asyncio.run(cache_rows(direct, gateway, gateway_pid, rounds, per_round))}
+    redis_server = shutil.which("redis-server")
+    if redis_server:
+        redis_port, port = free_port(), free_port()
+        processes = [subprocess.Popen([redis_server, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+                                      stdout=logs, stderr=subprocess.STDOUT)]
+        try:
+            deadline = time.monotonic() + 10
+            while not redis_up(redis_port) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            redis_env = {**env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+            processes.append(start([sys.executable, "-m", "daphne", "--verbosity", "0", "-b", "127.0.0.1", "-p",
+                                    str(port), "manallm.asgi:application"], redis_env,
+                                   f"http://127.0.0.1:{port}/health", logs))
+            results["redis"] = asyncio.run(cache_rows(direct, f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                      processes[-1].pid, rounds, per_round))
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(10)
+    lines = ["| cache backend | path | p50 ms | added p50 ms | gateway CPU ms/request |", "|---|---|---|---|---|"]
+    for backend, rows in results.items():
+        for name in ("no cache", "miss", "hit"):
+            row = rows[name]
+            lines.append(f"| {backend} | {name} | {row['p50_ms']:.2f} | {row['p50_ms'] - rows['direct']['p50_ms']:.2f} "
+                         f"| {row['cpu_ms']:.3f} |")
+        lines.append(f"| {backend} | miss / hit CPU | | | {rows['miss']['cpu_ms'] / rows['hit']['cpu_ms']:.1f}x |")
+    return "\n".join(["", "response cache (concurrency 1; added p50: over the upstream called directly)", "",
+                      *lines, ""]), results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
@@ -314,9 +384,13 @@ def main():
         memory = asyncio.run(open_streams(gateway, fake, gateway_process.pid, args.streams))
         memory["count"] = args.streams
         print(report(targets, streams, memory))
+        cache_table, cache = cache_bench(env, direct, gateway, gateway_process.pid, logs,
+                                                    args.rounds, max(1, args.per_round // 4))
+        print(cache_table)
         if args.json:
             Path(args.json).write_text(json.dumps({"summary": summary(targets), "streams": streams, "memory": memory,
-                                                   "plain": {t.name: t.plain for t in targets}}, indent=2))
+                                                   "plain": {t.name: t.plain for t in targets}, "cache": cache},
+                                                  indent=2))
     finally:
         for process in processes:
             process.terminate()

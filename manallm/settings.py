@@ -139,6 +139,8 @@ BREAKER_BACKOFF_SECONDS = env_float("BREAKER_BACKOFF_SECONDS", 60)
 # How often each worker re-reads alias and breaker state written by other processes.
 STATE_POLL_INTERVAL = env_float("STATE_POLL_INTERVAL", 0.25)
 MODELS_CACHE_SECONDS = env_float("MODELS_CACHE_SECONDS", 60)
+# The in-process response cache's bound when REDIS_URL is unset (README#response-cache).
+CACHE_MAX_BYTES = env_int("CACHE_MAX_BYTES", 64 * 1024 * 1024)
 # Server processes `make run` starts on one listening socket, and how long a SIGTERM'd
 # server lets in-flight requests and streams finish (README#running-several-replicas).
 WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)

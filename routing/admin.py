@@ -63,7 +63,8 @@ class ChainFormSet(forms.BaseInlineFormSet):
                  for row in rows]
         name = self.instance.name or "mana/new"
         try:
-            self.chain = validate_alias(name, {"description": self.instance.description, "chain": chain}).chain
+            self.chain = validate_alias(name, {"description": self.instance.description, "chain": chain,
+                                               "cache_ttl": self.instance.cache_ttl}).chain
         except AliasError as exc:
             raise ValidationError(str(exc)) from exc
 
@@ -71,14 +72,26 @@ class ChainFormSet(forms.BaseInlineFormSet):
 ChainEntryInline.formset = ChainFormSet
 
 
+class AliasForm(forms.ModelForm):
+    """``cache_ttl`` left out of a post means 0 (no cache), as in the YAML and the API."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["cache_ttl"].required = False
+
+    def clean_cache_ttl(self) -> int:
+        return self.cleaned_data.get("cache_ttl") or 0
+
+
 @admin.register(Alias)
 class AliasAdmin(admin.ModelAdmin):
+    form = AliasForm
     list_display = ["name", "is_default", "chain_display", "description"]
     list_filter = ["is_default"]
     search_fields = ["name", "description", "entries__target"]
     inlines = [ChainEntryInline]
     actions = ["delete_selected"]
-    fields = ["name", "description", "is_default", "stream_continuation"]
+    fields = ["name", "description", "is_default", "stream_continuation", "cache_ttl"]
     change_form_template = "admin/routing/alias/change_form.html"
     history_shown = 50  # the newest changes on the alias page; every one is in "Alias changes"
 

@@ -57,7 +57,8 @@ class AliasQuerySet(models.QuerySet):
         """
         with changing(spec.name):
             alias, created = self.update_or_create(name=spec.name, defaults={
-                "description": spec.description, "stream_continuation": spec.stream_continuation})
+                "description": spec.description, "stream_continuation": spec.stream_continuation,
+                "cache_ttl": spec.cache_ttl})
             alias.set_chain(spec.chain)
             if default:
                 alias.make_default()
@@ -141,7 +142,8 @@ class Alias(models.Model):
 
     def spec(self) -> AliasSpec:
         """This alias as the validator's value (``spec().to_data()`` is its YAML/API form)."""
-        return AliasSpec(self.name, self.description, tuple(self.specs()), self.stream_continuation)
+        return AliasSpec(self.name, self.description, tuple(self.specs()), self.stream_continuation,
+                         self.cache_ttl)
 
     def set_chain(self, specs) -> None:
         """Replace the chain with these EntrySpecs, in order."""

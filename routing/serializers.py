@@ -11,12 +11,13 @@ from .validators import AliasError, validate_alias
 
 
 class AliasSerializer(serializers.Serializer):
-    """``{"name", "description", "chain", "stream_continuation"?}`` out and ``{"description",
-    "chain", "stream_continuation"?, "default"?}`` in, the name coming from the URL
+    """``{"name", "description", "chain", "stream_continuation"?, "cache_ttl"?}`` out and
+    ``{"description", "chain", "stream_continuation"?, "cache_ttl"?, "default"?}`` in, the name coming from the URL
     (``context["name"]``): the aliases file's shape (README#aliases-file), so a GET body
     less its name can be PUT back. A chain entry is a ``provider/model`` string, or a mapping
     ``{"target", "enabled", "first_token_timeout", "prefill"}`` when it carries options;
-    ``stream_continuation`` appears only when true.
+    ``stream_continuation`` appears only when true, ``cache_ttl`` (seconds, README#response-cache)
+    only when not 0.
 
     No declared fields: the chain's entries are strings or mappings, which
     validate_alias already checks with messages naming the alias and the field.

@@ -45,11 +45,12 @@ class AliasView:
     description: str
     chain: tuple  # of Entry
     stream_continuation: bool = False
+    cache_ttl: int = 0  # seconds answers stay in the response cache; 0: none (routing.cache)
 
     def spec(self) -> AliasSpec:
         """The alias as the validator's value: ``spec().to_data()`` is its YAML/API form."""
         return AliasSpec(self.name, self.description, tuple(entry.spec() for entry in self.chain),
-                         self.stream_continuation)
+                         self.stream_continuation, self.cache_ttl)
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -78,7 +79,7 @@ class AliasTable:
             for alias in Alias.objects.prefetch_related("entries"):
                 aliases[alias.name] = AliasView(
                     alias.name, alias.description, tuple(Entry.from_spec(entry.spec()) for entry in alias.entries.all()),
-                    alias.stream_continuation,
+                    alias.stream_continuation, alias.cache_ttl,
                 )
                 if alias.is_default:
                     default = alias.name
@@ -142,6 +143,12 @@ class AliasTable:
         None when the alias does not opt in (README#stream-continuation): one dict lookup."""
         view = self.snapshot.aliases.get(alias) if alias else None
         return view.chain if view is not None and view.stream_continuation else None
+
+    def cache_ttl(self, name: str) -> int:
+        """Seconds ``name``'s answers stay in the response cache; 0 for an alias without a
+        cache, a ``provider/model`` name or an unknown name: one dict lookup."""
+        view = self.snapshot.aliases.get(name)
+        return view.cache_ttl if view is not None else 0
 
 
 aliases = AliasTable()

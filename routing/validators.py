@@ -12,13 +12,14 @@ from providers.model_names import model_problem
 
 ALIAS_NAME = re.compile(r"mana/[A-Za-z0-9][A-Za-z0-9._:-]*")  # fullmatch: "$" would let a final "\n" in
 ENTRY_OPTIONS = {"target", "enabled", "first_token_timeout", "prefill"}
-ALIAS_FIELDS = {"description", "chain", "stream_continuation"}
+ALIAS_FIELDS = {"description", "chain", "stream_continuation", "cache_ttl"}
 
 # The bounds of alias data (README#aliases-file). A target fits ChainEntry.target's column.
 MAX_CLASS_CHARS = 64  # after "mana/"
 MAX_TARGET_CHARS = 200
 MAX_CHAIN_ENTRIES = 32
 MAX_DESCRIPTION_CHARS = 2000
+MAX_CACHE_TTL = 30 * 24 * 3600  # seconds: a cached answer older than a month is not worth keeping
 
 # Free text keeps tabs and line breaks; other C0 controls, DEL, C1 and lone surrogates
 # (which cannot be encoded for the database or a UTF-8 answer) are refused.
@@ -198,18 +199,33 @@ def validate_description(description: object, *, alias: str | None = None) -> st
     return description
 
 
+def validate_cache_ttl(value: object, *, alias: str | None = None) -> int:
+    """Seconds an answer stays in the response cache: a whole number from 0 (absent: 0,
+    no cache) to MAX_CACHE_TTL."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CACHE_TTL:
+        raise AliasError(f"{shown(value)} must be a whole number of seconds from 0 to {MAX_CACHE_TTL} (30 days)",
+                         alias=alias, field="cache_ttl")
+    return value
+
+
 @dataclass(frozen=True)
 class AliasSpec:
     name: str
     description: str
     chain: tuple
     stream_continuation: bool = False  # README#stream-continuation
+    cache_ttl: int = 0  # seconds; 0: no response cache (README#response-cache)
 
     def to_data(self):
-        """The YAML/API form: ``stream_continuation`` only when set, entries as EntrySpec.to_data."""
+        """The YAML/API form: ``stream_continuation`` and ``cache_ttl`` only when set, entries
+        as EntrySpec.to_data."""
         data = {"description": self.description, "chain": [entry.to_data() for entry in self.chain]}
         if self.stream_continuation:
             data["stream_continuation"] = True
+        if self.cache_ttl:
+            data["cache_ttl"] = self.cache_ttl
         return data
 
 
@@ -225,7 +241,8 @@ def validate_alias(name: object, body: object) -> "AliasSpec":
         raise AliasError("is required", alias=name, field="chain")
     return AliasSpec(name, validate_description(body.get("description"), alias=name),
                      tuple(validate_chain(body["chain"], alias=name)),
-                     validate_flag(body.get("stream_continuation", False), alias=name, field="stream_continuation"))
+                     validate_flag(body.get("stream_continuation", False), alias=name, field="stream_continuation"),
+                     validate_cache_ttl(body.get("cache_ttl"), alias=name))
 
 
 @dataclass(frozen=True)

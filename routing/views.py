@@ -18,7 +18,7 @@ from manallm.errors import ModelNotFound, json_response
 from manallm.exchange import Exchange
 from manallm.views import openai_view
 
-from . import catalog, schema
+from . import cache, catalog, schema
 from .router import router
 from .served import Served
 from .streams import Relay
@@ -46,23 +46,32 @@ def served_by(exchange: Exchange, served: Served) -> None:
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     body = schema.validate_chat(schema.parse_json(request))
     exchange = await begin(request, body, "chat")
+    cached = cache.begin(request, body, exchange)  # None unless the alias caches (README#response-cache)
+    if cached is not None and (hit := await cached.lookup()) is not None:
+        return hit
     if body.get("stream"):
         served = await router.chat_stream(body)
         served_by(exchange, served)
         exchange.first_token_seconds = served.value.first_token_seconds
         try:
-            response = StreamingHttpResponse(sse(served.value, exchange), content_type="text/event-stream",
+            events = served.value if cached is None else cached.recorder(served)
+            response = StreamingHttpResponse(sse(events, exchange), content_type="text/event-stream",
                                              headers=served.headers())
         except BaseException:
             await served.value.aclose()  # frees the slot and the upstream
             raise
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
+        if cached is not None:
+            response["X-Mana-LLM-Cache"] = "miss"
         return response
     served = await router.chat(body)
     served_by(exchange, served)
     exchange.add_usage(served.value.get("usage"))
-    return json_response(served.value, headers=served.headers())
+    response = json_response(served.value, headers=served.headers())
+    if cached is not None:
+        cached.answered(response, served)
+    return response
 
 
 async def sse(events: Relay, exchange: Exchange | None = None):
@@ -104,13 +113,19 @@ def _stream_ended(relay: Relay, exchange: Exchange) -> None:
 async def embeddings(request: HttpRequest) -> HttpResponse:
     body = schema.validate_embeddings(schema.parse_json(request))
     exchange = await begin(request, body, "embeddings")
+    cached = cache.begin(request, body, exchange)
+    if cached is not None and (hit := await cached.lookup()) is not None:
+        return hit
     served = await router.embed(body)
     served_by(exchange, served)
     exchange.add_usage(served.value.get("usage"))
     if body.get("encoding_format") == "base64":
         for item in served.value["data"]:
             item["embedding"] = base64.b64encode(array("f", item["embedding"]).tobytes()).decode()
-    return json_response(served.value, headers=served.headers())
+    response = json_response(served.value, headers=served.headers())
+    if cached is not None:
+        cached.answered(response, served)
+    return response
 
 
 @openai_view("GET")

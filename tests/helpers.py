@@ -304,3 +304,16 @@ def key_served(server, name, key, timeout=5.0):
         return response.status_code == 200
 
     return wait_for(known, timeout=timeout, interval=0.05)
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def metric_samples(base_url, name):
+    """One metric of a gateway's /metrics: {tuple of its label values, in label order: value}."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return {tuple(sample.labels.values()): sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name}
