@@ -191,11 +191,13 @@ def shared_database(request, tmp_path):
     return request.getfixturevalue("postgres_url")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium():
     """Headless Chromium (Debian's package) driven by Playwright's sync API, for the admin
-    pages in a real browser. Use it from sync tests (no running event loop); one page per
-    test: ``page = chromium.new_page()``."""
+    pages in a real browser. Use it from sync tests; one page per test:
+    ``page = chromium.new_page()``. Per test, not per session: while Playwright's sync API
+    is open, its event loop counts as running in this thread, and every asyncio test
+    after it would fail to start its own."""
     path = server_binary("chromium")
     from playwright.sync_api import sync_playwright
 

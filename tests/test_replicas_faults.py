@@ -235,7 +235,7 @@ def test_ready_only_once_the_state_is_held(make_server, postgres, postgres_url, 
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
         response = httpx.get(f"{server.url}/ready", timeout=10)
         assert response.status_code == 503, response.text
-        assert response.json() == {"status": "starting", "waiting_for": ["aliases", "breakers", "consumers", "usage"]}
+        assert response.json() == {"status": "starting", "waiting_for": ["aliases", "breakers", "consumers"]}
     finally:
         postgres.start()
     seconds = time_until(lambda: httpx.get(f"{server.url}/ready", timeout=10).status_code == 200, timeout=2)
