@@ -417,3 +417,47 @@ def test_server_log_holds_no_traceback(gw, client):
     text = gw.logs()
     at = text.find("Traceback")
     assert at < 0, text[max(0, at - 300):at + 3000]
+
+
+# --- the management resources of consumers, usage and the console -------------------------
+
+consumer_name = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,10}", fullmatch=True)
+CONSUMER_FIELDS = {
+    "name": field(consumer_name), "description": field(odd_text), "active": field(st.booleans()),
+    "allowed_models": field(st.lists(st.one_of(st.sampled_from(["mana/*", "ollama/*", "mana/fast-text"]), odd_text),
+                                     max_size=3)),
+    **{limit: field(st.one_of(st.none(), st.integers(-1, 2**70))) for limit in ("rpm", "tpm", "max_concurrent",
+                                                                                 "token_budget")},
+    "budget_period": field(st.sampled_from(["day", "month", "year", ""])),
+}
+KEY_FIELDS = {"expires_at": field(st.one_of(st.sampled_from(["2999-01-01T00:00:00Z", "2000-01-01", "tomorrow"]),
+                                            numbers))}
+
+
+@settings(HYPOTHESIS, max_examples=100)
+@given(body=body_of(CONSUMER_FIELDS, required=("name",)))
+def test_consumer_create(client, log, body):
+    check(client.post("/v1/consumers", content=dump(body), headers=admin()), log)
+
+
+@settings(HYPOTHESIS, max_examples=100)
+@given(name=path_part(st.one_of(consumer_name, odd_text)), body=body_of(CONSUMER_FIELDS),
+       key=body_of(KEY_FIELDS), prefix=path_part(odd_text))
+def test_consumer_change_and_keys(client, log, name, body, key, prefix):
+    check(client.patch(f"/v1/consumers/{name}", content=dump(body), headers=admin()), log)
+    check(client.post(f"/v1/consumers/{name}/keys", content=dump(key), headers=admin()), log)
+    check(client.delete(f"/v1/consumers/{name}/keys/{prefix}", headers=admin()), log)
+
+
+@settings(HYPOTHESIS, max_examples=100)
+@given(params=st.dictionaries(st.one_of(st.sampled_from(["consumer", "model", "since", "until", "group_by"]), odd_text),
+                              st.one_of(odd_text, numbers.map(str),
+                                        st.sampled_from(["hour,target", "consumer,,", "2026-13-01"])), max_size=4))
+def test_usage_query(client, log, params):
+    check(client.get("/v1/usage", params=params, headers=admin()), log)
+
+
+@settings(HYPOTHESIS, max_examples=100)
+@given(name=path_part(st.one_of(alias_name, odd_text)), read=st.sampled_from(["route", "history"]))
+def test_alias_route_and_history(client, log, name, read):
+    check(client.get(f"/v1/aliases/{name}/{read}", headers=admin()), log)
