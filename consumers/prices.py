@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from manallm.text import shown
+
 MAX_TARGET_CHARS = 200  # Price.target's column
 MAX_PRICE = Decimal("999999.999999")  # Price's DecimalField(max_digits=12, decimal_places=6)
 PLACES = Decimal("0.000001")
@@ -38,34 +40,29 @@ def _number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
-
-
 def validate_target(target: object, field: str = "target") -> str:
     if not isinstance(target, str) or "/" not in target or not target.partition("/")[0] \
             or not target.partition("/")[2].strip():
-        raise PriceError(f"{_shown(target)} must be a 'provider/model' string", field=field)
+        raise PriceError(f"{shown(target)} must be a 'provider/model' string", field=field)
     if len(target) > MAX_TARGET_CHARS:
         raise PriceError(f"is longer than {MAX_TARGET_CHARS} characters", field=field)
     if not target.isprintable() or target != target.strip():
-        raise PriceError(f"{_shown(target)} holds an unprintable character or padding", field=field)
+        raise PriceError(f"{shown(target)} holds an unprintable character or padding", field=field)
     return target
 
 
 def validate_amount(value: object, field: str) -> Decimal:
     """A non-negative number of USD per million tokens, exact in six decimal places."""
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
-        raise PriceError(f"{_shown(value)} must be a number (USD per million tokens)", field=field)
+        raise PriceError(f"{shown(value)} must be a number (USD per million tokens)", field=field)
     try:
         amount = Decimal(str(value))
     except InvalidOperation:
-        raise PriceError(f"{_shown(value)} must be a number (USD per million tokens)", field=field) from None
+        raise PriceError(f"{shown(value)} must be a number (USD per million tokens)", field=field) from None
     if not amount.is_finite() or amount < 0 or amount > MAX_PRICE:
-        raise PriceError(f"{_shown(value)} must be between 0 and {MAX_PRICE}", field=field)
+        raise PriceError(f"{shown(value)} must be between 0 and {MAX_PRICE}", field=field)
     if amount != amount.quantize(PLACES):
-        raise PriceError(f"{_shown(value)} has more than six decimal places", field=field)
+        raise PriceError(f"{shown(value)} has more than six decimal places", field=field)
     return amount.quantize(PLACES)
 
 
@@ -77,7 +74,7 @@ def validate_price(target: object, body: object, field: str = "prices") -> Price
         raise PriceError("must be a mapping with 'prompt' and 'completion'", field=where)
     unknown = sorted(str(key)[:80] for key in body if key not in FIELDS)
     if unknown:
-        raise PriceError(f"unknown field(s) {', '.join(map(_shown, unknown))}; allowed: prompt, completion",
+        raise PriceError(f"unknown field(s) {', '.join(map(shown, unknown))}; allowed: prompt, completion",
                          field=where)
     for name in FIELDS:
         if name not in body:

@@ -8,6 +8,8 @@ field, so the API answers a 400 with ``param`` set and the admin marks the field
 import re
 from datetime import UTC, datetime
 
+from manallm.text import shown, unprintable
+
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # fullmatch: "$" would let a final "\n" in
 # The built-in consumers (README#consumers): requests are attributed to them without a row.
 RESERVED_NAMES = frozenset({"env", "admin", "anonymous"})
@@ -18,8 +20,6 @@ BUDGET_PERIODS = ("day", "month")
 MAX_DESCRIPTION_CHARS = 2000
 MAX_PATTERNS = 100
 MAX_PATTERN_CHARS = 300  # a requested model name as usage rows hold it
-# Free text keeps tabs and line breaks; other control characters and lone surrogates are refused.
-_UNFIT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class ConsumerError(ValueError):
@@ -45,8 +45,8 @@ def validate_consumer(data: dict, *, name: str | None = None) -> dict:
         raise ConsumerError("description", "must be a string")
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise ConsumerError("description", f"at most {MAX_DESCRIPTION_CHARS} characters")
-    if bad := _UNFIT_IN_TEXT.search(description):
-        raise ConsumerError("description", f"holds a control character (U+{ord(bad.group()):04X})")
+    if bad := unprintable(description, free_text=True):
+        raise ConsumerError("description", f"holds a control character ({bad})")
     clean["description"] = description
     active = data.get("active", True)
     if not isinstance(active, bool):
@@ -70,7 +70,7 @@ def check_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise ConsumerError("name", "is required: lower-case letters, digits, '_', '.', '-' (at most 64)")
     if not NAME.fullmatch(name):
-        raise ConsumerError("name", f"{_shown(name)} must match [a-z0-9][a-z0-9_.-]{{0,63}}")
+        raise ConsumerError("name", f"{shown(name)} must match [a-z0-9][a-z0-9_.-]{{0,63}}")
     if name in RESERVED_NAMES:
         raise ConsumerError("name", f"'{name}' is a built-in consumer ({', '.join(sorted(RESERVED_NAMES))})")
     return name
@@ -86,13 +86,13 @@ def check_patterns(patterns: object) -> list[str]:
         where = f"allowed_models[{index}]"
         if not isinstance(pattern, str) or not pattern.strip():
             raise ConsumerError("allowed_models", f"{where} must be a non-empty string")
-        if len(pattern) > MAX_PATTERN_CHARS or not pattern.isprintable() or pattern != pattern.strip():
-            raise ConsumerError("allowed_models", f"{where} {_shown(pattern)} must be printable, without "
+        if len(pattern) > MAX_PATTERN_CHARS or unprintable(pattern) or pattern != pattern.strip():
+            raise ConsumerError("allowed_models", f"{where} {shown(pattern)} must be printable, without "
                                                   f"surrounding spaces, at most {MAX_PATTERN_CHARS} characters")
         if "*" in pattern[:-1]:
-            raise ConsumerError("allowed_models", f"{where} {_shown(pattern)}: '*' may only end a pattern")
+            raise ConsumerError("allowed_models", f"{where} {shown(pattern)}: '*' may only end a pattern")
         if pattern in patterns[:index]:
-            raise ConsumerError("allowed_models", f"{where} {_shown(pattern)} is listed twice")
+            raise ConsumerError("allowed_models", f"{where} {shown(pattern)} is listed twice")
     return list(patterns)
 
 
@@ -124,8 +124,3 @@ def field_name(key: object) -> str:
     """An unknown field's name as a message and ``param`` may carry it (escaped, cut)."""
     text = key if isinstance(key, str) and key.isprintable() else repr(key)
     return text[:40]
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}..."

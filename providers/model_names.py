@@ -9,7 +9,7 @@ a URL, and the adapters themselves as a last guard for data stored before the ru
   segments of letters, digits, ``.``, ``_`` and ``-`` pass (``models/...`` and
   ``tunedModels/...`` included).
 - Ollama and the OpenAI-compatible dialects send the name inside a JSON body; any
-  printable name (``routing.validators.unprintable``) is theirs to judge.
+  printable name (``manallm.text.unprintable``) is theirs to judge.
 """
 from __future__ import annotations
 

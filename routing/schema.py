@@ -10,10 +10,10 @@ from django.http import HttpRequest
 
 from manallm import jsonbody
 from manallm.errors import InvalidRequest
+from manallm.text import unprintable
 from providers.model_names import model_problem
 from providers.openai_request import TEXT_TYPES, image_url, input_strings
 
-from .validators import unprintable
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 TOOL_CHOICE_MODES = ("none", "auto", "required")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from manallm.text import shown, unprintable
 from providers.model_names import model_problem
 
 ALIAS_NAME = re.compile(r"mana/[A-Za-z0-9][A-Za-z0-9._:-]*")  # fullmatch: "$" would let a final "\n" in
@@ -20,38 +21,6 @@ MAX_TARGET_CHARS = 200
 MAX_CHAIN_ENTRIES = 32
 MAX_DESCRIPTION_CHARS = 2000
 MAX_CACHE_TTL = 30 * 24 * 3600  # seconds: a cached answer older than a month is not worth keeping
-
-# Free text keeps tabs and line breaks; other C0 controls, DEL, C1 and lone surrogates
-# (which cannot be encoded for the database or a UTF-8 answer) are refused.
-_UNFIT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def unprintable(text: str, *, free_text: bool = False) -> str | None:
-    """The first character of ``text`` that must not be stored or echoed, as ``U+XXXX``;
-    None when there is none.
-
-    A name (a request's ``model``, an alias name, a chain entry) reaches response headers,
-    log lines, metric labels and breaker keys, so it must be printable: no control
-    character (C0 incl. NUL, TAB, CR/LF, ESC; DEL; C1), no lone surrogate, no format or
-    separator character other than the space. ``free_text`` (a description) may also hold
-    tabs, line breaks and any other Unicode character. One rule for chat
-    (routing.schema.check_model) and alias data; a printable name costs one
-    ``str.isprintable`` call.
-    """
-    if free_text:
-        match = _UNFIT_IN_TEXT.search(text)
-        bad = match.group() if match else None
-    else:
-        bad = None if text.isprintable() else next(char for char in text if not char.isprintable())
-    return None if bad is None else f"U+{ord(bad):04X}"
-
-
-def shown(value: object, limit: int = 80) -> str:
-    """``value`` quoted for a message: repr escapes what is unprintable, and a long value
-    is cut, so an error never echoes a control character or a megabyte back."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
 
 def _keys(keys) -> list[str]:
     """Unknown mapping keys as they may appear in a message and in ``param``, sorted."""
