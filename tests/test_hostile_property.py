@@ -454,7 +454,9 @@ def test_consumer_change_and_keys(client, log, name, body, key, prefix):
                               st.one_of(odd_text, numbers.map(str),
                                         st.sampled_from(["hour,target", "consumer,,", "2026-13-01"])), max_size=4))
 def test_usage_query(client, log, params):
-    check(client.get("/v1/usage", params=params, headers=admin()), log)
+    query = "&".join(f"{quote(key, safe='', errors='surrogatepass')}={quote(value, safe=',', errors='surrogatepass')}"
+                     for key, value in params.items())
+    check(client.get(f"/v1/usage?{query}", headers=admin()), log)
 
 
 @settings(HYPOTHESIS, max_examples=100)
