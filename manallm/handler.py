@@ -113,7 +113,11 @@ class GatewayASGIHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        set_script_prefix(get_script_prefix(scope))
+        prefix = get_script_prefix(scope)
+        if prefix or not _db_free.get():
+            # An empty root_path is Django's default prefix ("/") already, and the DB-free
+            # paths never reverse a URL: spared an asgiref Local write per request.
+            set_script_prefix(prefix)
         # The gateway's own entry hook is awaited directly: asend would wrap it in a task
         # and a gather per request (~2 % of a chat request's CPU). Any other receiver of
         # request_started still gets the signal.
@@ -143,13 +147,16 @@ class GatewayASGIHandler(ASGIHandler):
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
             if task.done():
-                try:
-                    task.result()
-                except RequestAborted:
-                    pass
-                except AssertionError:
-                    body_file.close()
-                    raise
+                # Django calls task.result() and catches RequestAborted, which daphne's
+                # http.disconnect after every answer makes the listener raise: re-raised
+                # here, its traceback held this frame and with it the request, the response
+                # and both tasks in a cycle only the garbage collector could free (~90
+                # objects a request, most of the collector's work). Read, not re-raised.
+                error = asyncio.CancelledError() if task.cancelled() else task.exception()
+                if error is not None and not isinstance(error, RequestAborted):
+                    if isinstance(error, AssertionError):
+                        body_file.close()
+                    raise error
             else:
                 task.cancel()  # lets a streaming view see the disconnect
                 try:
@@ -181,7 +188,8 @@ async def on_request_started(sender, **kwargs) -> None:
         return  # a sync request (Django's sync test client): nothing here concerns it
     await background.ensure_started()
     if _owns_connection_housekeeping:
-        reset_queries()  # in-memory only: DEBUG's query log
+        if settings.DEBUG:
+            reset_queries()  # DEBUG's query log (nothing is logged without DEBUG)
         if not _db_free.get():
             await sync_to_async(close_old_connections)()
 

