@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	env -u PROMETHEUS_MULTIPROC_DIR $(BIN)/python bench/run.py
+	env -u PROMETHEUS_MULTIPROC_DIR $(BIN)/python bench/consumer_checks.py --redis-server
 
 # A fake upstream (Ollama, OpenAI-compatible clouds, Gemini) to try the gateway with no GPU.
 fake: $(STAMP)

@@ -1,10 +1,13 @@
 """What a consumer's limit checks and usage bookkeeping cost per request (README#consumers).
 
-    .venv/bin/python bench/consumer_checks.py [--redis redis://127.0.0.1:6379/0] [-n 20000]
+    .venv/bin/python bench/consumer_checks.py [--redis redis://127.0.0.1:6379/0 | --redis-server] [-n 20000]
 
 In one process, no server: the admission (``limiter.admit``) and the end of a request
 (its ``on_end`` hook and the usage listener), measured in CPU time (``time.process_time``)
-per request, for a built-in consumer and for one with every limit set. With ``--redis``
+per request, for a built-in consumer and for one with every limit set; and the whole of
+what a consumer's request pays before and after the router: its key checked
+(``directory.identify``), its scope, its limits, its usage. With ``--redis`` (or
+``--redis-server``: a redis-server of its own on a free port, as ``make bench`` runs it)
 the same through a real Redis, and the round trips per request counted by Redis itself
 (INFO commandstats: EVALSHA/EVAL calls).
 """
@@ -23,8 +26,10 @@ import django  # noqa: E402
 
 django.setup()
 
+from consumers import scope  # noqa: E402
+from consumers.keys import directory  # noqa: E402
 from consumers.limits import Limiter  # noqa: E402
-from consumers.table import ConsumerView, Snapshot, consumers  # noqa: E402
+from consumers.table import ConsumerView, KeyView, Snapshot, consumers, key_hash  # noqa: E402
 from consumers.usage import UsageBook  # noqa: E402
 from manallm.exchange import Exchange  # noqa: E402
 
@@ -59,6 +64,46 @@ async def admission_only(limiter: Limiter, consumer: str, count: int) -> float:
     return elapsed / count * 1e6
 
 
+KEY = "mk-" + "b" * 40
+
+
+async def consumer_request(limiter: Limiter, usage: UsageBook, count: int) -> float:
+    """CPU microseconds per request of everything a consumer's key adds around the router:
+    the key looked up, the scope, the limits (admission and end), the usage sums."""
+    started = time.process_time()
+    for _ in range(count):
+        consumer = directory.identify(KEY)
+        scope.check(consumer, "mana/fast-text")
+        exchange = Exchange("bench", consumer, "chat", requested="mana/fast-text")
+        await limiter.admit(exchange)
+        exchange.target, exchange.prompt_tokens, exchange.completion_tokens = "groq/x", 20, 10
+        for hook in exchange.on_end:
+            hook(exchange)
+        usage.record(exchange)
+    if limiter.tasks:
+        await asyncio.gather(*list(limiter.tasks))
+    return (time.process_time() - started) / count * 1e6
+
+
+def redis_server():
+    """A redis-server of this run's own on a free loopback port (None when not installed)."""
+    import shutil
+    import subprocess
+
+    from tests.helpers import free_port, redis_up
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, None
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not redis_up(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
 async def script_calls(redis_url: str) -> int:
     from redis.asyncio import Redis
 
@@ -71,9 +116,23 @@ async def script_calls(redis_url: str) -> int:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--redis", help="a Redis URL: also measure the shared counting")
+    parser.add_argument("--redis-server", action="store_true", help="start a redis-server of its own for that")
     parser.add_argument("-n", type=int, default=20000)
     args = parser.parse_args()
-    consumers.snapshot = Snapshot(1, {"team": ConsumerView("team", **LIMITS)})
+    consumers.snapshot = Snapshot(1, {"team": ConsumerView("team", allowed_models=("mana/*",), **LIMITS)},
+                                  {key_hash(KEY): KeyView("team", KEY[3:11])})
+    server = None
+    if args.redis_server and not args.redis:
+        server, args.redis = redis_server()
+    try:
+        await report(args)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+
+
+async def report(args) -> None:
     usage = UsageBook()
     local = Limiter(usage=usage)
     await per_request(local, usage, "team", 1000)  # warm up
@@ -82,6 +141,8 @@ async def main() -> None:
     print(f"whole request, built-in consumer (env):  {await per_request(local, usage, 'env', args.n):6.2f} µs CPU "
           "(admission, end hook, usage sums and metrics)")
     print(f"whole request, every limit, this process:{await per_request(local, usage, 'team', args.n):6.2f} µs CPU")
+    print(f"consumer key + scope + every limit + usage, this process: "
+          f"{await consumer_request(local, usage, args.n):6.2f} µs CPU (target <= 50)")
     if args.redis:
         shared = Limiter(usage=usage, redis_url=args.redis)
         await per_request(shared, usage, "team", 100)
@@ -91,6 +152,8 @@ async def main() -> None:
         calls = await script_calls(args.redis) - before
         print(f"whole request, every limit, via Redis:   {cpu:6.2f} µs CPU, "
               f"{calls / count:.2f} Redis calls per request (1 admission + 1 at the end, not awaited)")
+        print(f"consumer key + scope + every limit + usage, via Redis: "
+              f"{await consumer_request(shared, usage, count):6.2f} µs CPU")
 
 
 if __name__ == "__main__":

@@ -172,15 +172,22 @@ def measure_sequential(targets, rounds, per_round):
             connection.close()
 
 
-async def measure_streams(direct, gateway, count):
-    """Time to first token and total of ``count`` streams each, interleaved."""
+async def measure_streams(direct, gateway, gateway_pid, count):
+    """Time to first token and total of ``count`` streams each, interleaved, and the
+    gateway's CPU per stream."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         stream = {"direct": [], "gateway": []}
+        cpu = 0.0
         for _ in range(count):
             for name, url in (("direct", direct), ("gateway", gateway)):
+                before = cpu_seconds(gateway_pid) if name == "gateway" else 0.0
                 stream[name].append(await stream_once(session, url))
-    return {name: {"ttft_p50_ms": pct([s[0] for s in values], 0.5),
-                   "total_p50_ms": pct([s[1] for s in values], 0.5)} for name, values in stream.items()}
+                if name == "gateway":
+                    cpu += cpu_seconds(gateway_pid) - before
+    results = {name: {"ttft_p50_ms": pct([s[0] for s in values], 0.5),
+                      "total_p50_ms": pct([s[1] for s in values], 0.5)} for name, values in stream.items()}
+    results["gateway"]["cpu_ms"] = cpu / count * 1000
+    return results
 
 
 async def open_streams(gateway, fake, gateway_pid, count):
@@ -255,7 +262,8 @@ def report(targets, streams, memory, gateway="gateway", floor="floor"):
     s = streams
     lines += ["", f"streams: time to first token p50 {s['direct']['ttft_p50_ms']:.2f} ms direct, "
                   f"{s['gateway']['ttft_p50_ms']:.2f} ms through the gateway; total p50 "
-                  f"{s['direct']['total_p50_ms']:.2f} ms direct, {s['gateway']['total_p50_ms']:.2f} ms gateway",
+                  f"{s['direct']['total_p50_ms']:.2f} ms direct, {s['gateway']['total_p50_ms']:.2f} ms gateway; "
+                  f"gateway CPU {s['gateway']['cpu_ms']:.2f} ms per stream",
               f"memory with {memory['count']} open streams: {memory['per_stream_kib']:.1f} KiB per stream "
               f"(RSS {memory['baseline_kib'] / 1024:.1f} -> {memory['peak_kib'] / 1024:.1f} MiB)", ""]
     return "\n".join(lines)
@@ -380,7 +388,7 @@ def main():
                           logged_process.pid)]
         asyncio.run(measure_plain(targets, args.rounds, args.per_round))
         measure_sequential(targets, args.rounds, args.sequential)
-        streams = asyncio.run(measure_streams(direct, gateway, args.rounds * 20))
+        streams = asyncio.run(measure_streams(direct, gateway, gateway_process.pid, args.rounds * 40))
         memory = asyncio.run(open_streams(gateway, fake, gateway_process.pid, args.streams))
         memory["count"] = args.streams
         print(report(targets, streams, memory))
