@@ -6,7 +6,8 @@ a foreign key): the built-in consumers ``env``, ``admin`` and ``anonymous`` have
 here, and a deleted consumer's usage stays readable.
 """
 from django.db import models
-from django.db.models import F
+
+from manallm.models import Counter
 
 BUDGET_PERIODS = (("day", "day"), ("month", "month"))
 
@@ -83,20 +84,8 @@ class Price(models.Model):
         return self.target
 
 
-class Revision(models.Model):
+class Revision(Counter):
     """A counter bumped in the same transaction as every consumer, key or price change
     (consumers.signals); each process polls it and reloads its in-memory table when it moved."""
 
-    name = models.CharField(max_length=50, primary_key=True)
-    number = models.BigIntegerField(default=0)
-
-    CONSUMERS = "consumers"
-
-    @classmethod
-    def bump(cls) -> None:
-        if not cls.objects.filter(name=cls.CONSUMERS).update(number=F("number") + 1):
-            cls.objects.get_or_create(name=cls.CONSUMERS, defaults={"number": 1})
-
-    @classmethod
-    def current(cls) -> int:
-        return cls.objects.filter(name=cls.CONSUMERS).values_list("number", flat=True).first() or 0
+    ROW = "consumers"

@@ -15,6 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from manallm.revision import RevisionedTable
+
 logger = logging.getLogger("manallm.consumers")
 
 KEY_PREFIX = "mk-"
@@ -58,13 +60,20 @@ class Snapshot:
 BUILT_IN = {name: ConsumerView(name) for name in ("env", "admin", "anonymous")}
 
 
-class ConsumerTable:
+class ConsumerTable(RevisionedTable):
     def __init__(self) -> None:
         self.snapshot = Snapshot()
         self._loading = threading.Lock()
 
     def __str__(self) -> str:
         return "consumers"
+
+    @property
+    def counter(self):
+        """The revision this table follows (its model, imported once the apps are loaded)."""
+        from .models import Revision
+
+        return Revision
 
     def load(self) -> None:
         """Read every consumer, key and price (sync; call off the event loop)."""
@@ -84,19 +93,6 @@ class ConsumerTable:
                                          key.revoked_at is not None)
             prices = {price.target: (float(price.prompt), float(price.completion)) for price in Price.objects.all()}
             self.snapshot = Snapshot(revision, views, keys, prices)
-
-    def poll(self) -> None:
-        from .models import Revision
-
-        if Revision.current() != self.snapshot.revision:
-            self.load()
-
-    def invalidate(self) -> None:
-        try:
-            self.load()
-        except Exception:
-            logger.exception("could not reload consumers after a change; the poller will retry")
-            self.snapshot = Snapshot(-1, self.snapshot.consumers, self.snapshot.keys, self.snapshot.prices)
 
     # --- the request path -------------------------------------------------------------
 

@@ -4,8 +4,10 @@ from contextvars import ContextVar
 
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
+
+from manallm.models import Counter
 
 from .validators import (AliasError, AliasSpec, EntrySpec, validate_alias_name, validate_first_token_timeout,
                          validate_target)
@@ -182,26 +184,14 @@ class ChainEntry(models.Model):
         return EntrySpec(self.target, self.enabled, self.first_token_timeout, self.prefill)
 
 
-class Revision(models.Model):
+class Revision(Counter):
     """A counter bumped in the same transaction as every alias change (routing.signals).
 
     Each server process polls this one row and reloads its in-memory alias table (routing.table) only when
     the number moved, so the request path never queries aliases.
     """
 
-    name = models.CharField(max_length=50, primary_key=True)
-    number = models.BigIntegerField(default=0)
-
-    ALIASES = "aliases"
-
-    @classmethod
-    def bump(cls) -> None:
-        if not cls.objects.filter(name=cls.ALIASES).update(number=F("number") + 1):
-            cls.objects.get_or_create(name=cls.ALIASES, defaults={"number": 1})
-
-    @classmethod
-    def current(cls) -> int:
-        return cls.objects.filter(name=cls.ALIASES).values_list("number", flat=True).first() or 0
+    ROW = "aliases"
 
 
 # --- history (README#alias-history) --------------------------------------------------

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from manallm.revision import RevisionedTable
+
 from .validators import AliasSpec, EntrySpec
 
 logger = logging.getLogger("manallm.routing")
@@ -59,7 +61,7 @@ class Snapshot:
     default: str | None = None
 
 
-class AliasTable:
+class AliasTable(RevisionedTable):
     def __init__(self):
         self.snapshot = Snapshot()
         # Loads run on the DB thread (poller), the sync view thread (a write's on_commit,
@@ -68,6 +70,13 @@ class AliasTable:
 
     def __str__(self):
         return "aliases"
+
+    @property
+    def counter(self):
+        """The revision this table follows (its model, imported once the apps are loaded)."""
+        from .models import Revision
+
+        return Revision
 
     def load(self) -> None:
         """Read every alias (sync; call off the event loop)."""
@@ -84,20 +93,6 @@ class AliasTable:
                 if alias.is_default:
                     default = alias.name
             self.snapshot = Snapshot(revision, aliases, default)
-
-    def poll(self) -> None:
-        """Reload when another process (or path) moved the revision."""
-        from .models import Revision
-
-        if Revision.current() != self.snapshot.revision:
-            self.load()
-
-    def invalidate(self) -> None:
-        try:
-            self.load()
-        except Exception:
-            logger.exception("could not reload aliases after a change; the poller will retry")
-            self.snapshot = Snapshot(-1, self.snapshot.aliases, self.snapshot.default)
 
     # --- model names (README#model-names) -----------------------------------------------
 
