@@ -1,7 +1,7 @@
-"""Admin pages that show records written elsewhere (README#health-dashboard, README#request-log).
+"""Admin pages that show records written elsewhere (README#operator-console).
 
-Breaker rows are written by the breaker board and request-log rows by the request log's
-batch writer; the admin may show them and run its actions on them, never add, edit or
+Breaker rows are written by the breaker board, alias changes with the change they record
+and request-log rows by the request log's batch writer; the admin may show them and run its actions on them, never add, edit or
 delete one by hand.
 """
 from django.contrib import admin

@@ -18,6 +18,7 @@ from django.urls import path, reverse
 from django.utils.http import urlencode
 
 from manallm.errors import ModelNotFound
+from manallm.readonly import ReadOnlyAdmin
 
 from . import console, history, preview
 from .models import Alias, AliasChange, ChainEntry, DefaultAliasProtected, alias_state, recorded
@@ -191,7 +192,7 @@ class AliasAdmin(admin.ModelAdmin):
 
 
 @admin.register(AliasChange)
-class AliasChangeAdmin(admin.ModelAdmin):
+class AliasChangeAdmin(ReadOnlyAdmin):
     """Every recorded alias change, deleted aliases' included (README#alias-history): read
     only; a change's page shows its diff and restores its version."""
 
@@ -200,15 +201,6 @@ class AliasChangeAdmin(admin.ModelAdmin):
     search_fields = ["alias", "actor"]
     fields = ["at", "alias", "action", "actor"]
     change_form_template = "admin/routing/aliaschange/change_form.html"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         change = self.get_object(request, unquote(object_id))
