@@ -48,6 +48,9 @@ def _merge(into: dict, key, amounts) -> None:
             row[index] += amount
 
 
+UNKNOWN_MODEL = "(unknown model)"
+
+
 class UsageBook:
     """This process's usage not yet in the database, and the budget bases read from it."""
 
@@ -72,8 +75,11 @@ class UsageBook:
         the rows. A cache hit is a request and a cache hit; its tokens are not charged.
         """
         consumer = exchange.consumer
-        metrics.consumer_requests.labels(consumer, exchange.requested,
-                                         STATUS_CLASSES.get(exchange.status // 100, "5xx")).inc()
+        # A name no alias or provider knows (a 404) is a client's free text: counted under
+        # one name, so a typo or a hostile client cannot grow the rows and metric labels.
+        requested = UNKNOWN_MODEL if exchange.error_type == "model_not_found" else exchange.requested
+        metrics.child(metrics.consumer_requests, consumer, requested,
+                      STATUS_CLASSES.get(exchange.status // 100, "5xx")).inc()
         if exchange.limited:
             return
         hit = exchange.cache == "hit"
@@ -81,16 +87,16 @@ class UsageBook:
         error = exchange.status >= 400 or exchange.error_type not in NOT_AN_ERROR
         now = self.clock()
         hour = int(now // 3600 * 3600)
-        key = (consumer, exchange.requested, exchange.target or "", hour)
+        key = (consumer, requested, exchange.target or "", hour)
         with self.lock:
             _merge(self.pending, key, (1, int(error), prompt, completion, int(hit)))
             if prompt or completion:
                 hours = self.unread.setdefault(consumer, {})
                 hours[hour] = hours.get(hour, 0) + prompt + completion
         if prompt:
-            metrics.consumer_tokens.labels(consumer, "prompt").inc(prompt)
+            metrics.child(metrics.consumer_tokens, consumer, "prompt").inc(prompt)
         if completion:
-            metrics.consumer_tokens.labels(consumer, "completion").inc(completion)
+            metrics.child(metrics.consumer_tokens, consumer, "completion").inc(completion)
 
     def tokens_used(self, consumer: str, period_start: float) -> int:
         """Tokens charged to ``consumer`` since ``period_start``: the rows as last read, plus

@@ -169,7 +169,7 @@ class Pending:
 
     def _count(self, result: str) -> None:
         self.exchange.cache = result
-        metrics.cache_requests.labels(self.alias, result).inc()
+        metrics.child(metrics.cache_requests, self.alias, result).inc()
 
 
 def storable(answer: dict[str, Any]) -> bool:

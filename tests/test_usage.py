@@ -67,6 +67,18 @@ def test_record_counts_errors_hits_and_not_the_refused(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_names_no_alias_or_provider_knows_share_one_row():
+    """A client's typos (or a flood of invented names) answered 404 must not each grow a
+    usage row and a metric label of their own."""
+    book = UsageBook(FakeClock(HOUR.timestamp() + 10))
+    for name in ("mana/typo", "mana/\u2028odd", "nope/" + "x" * 200):
+        book.record(finished(requested=name, target=None, status=404, error_type="model_not_found",
+                             prompt=0, completion=0))
+    book.flush()
+    assert table() == {("team", "(unknown model)", ""): (3, 3, 0, 0, 0)}
+
+
+@pytest.mark.django_db
 def test_a_refused_write_keeps_the_sums(monkeypatch):
     book = UsageBook(FakeClock(HOUR.timestamp()))
     book.record(finished())
