@@ -173,6 +173,7 @@ class HTTPProvider(Provider):
         kwargs = _request_options(json, timeout)
         with self.transport_errors():
             response = await self.client.request(method, self.url(path), **kwargs)
+        transport.untie(response)
         if not response.is_success:
             raise self.response_error(response, response.content)
         try:
@@ -193,6 +194,7 @@ class HTTPProvider(Provider):
         so an abandoned upstream request is cut at once.
         """
         kwargs = _request_options(json, timeout)
+        response = None
         try:
             async with self.client.stream(method, self.url(path), **kwargs) as response:
                 if not response.is_success:
@@ -200,6 +202,9 @@ class HTTPProvider(Provider):
                 yield response
         except CAUGHT as exc:
             raise self.transport_error(exc) from None
+        finally:
+            if response is not None:
+                transport.untie(response)
 
     async def check(self, method: str, path: str, *, timeout: Any = None) -> None:
         """A status-only request (probes): reads no body, raises on any failure."""

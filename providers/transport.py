@@ -119,6 +119,18 @@ def client(*, timeout: float, connect_timeout: float, limits: httpx.Limits = LIM
     return http
 
 
+def untie(response: httpx.Response) -> None:
+    """Drop a read and closed response's hold on its body stream.
+
+    httpx's ``Response`` and the ``BoundAsyncStream`` it reads from refer to each other:
+    without this, every upstream answer (with the aiohttp objects under it, ~40 in all)
+    is a reference cycle only the garbage collector frees, and its collections were ~5 %
+    of the gateway's CPU per request. Call it once the body was read or the response
+    closed; nothing reads ``stream`` after that.
+    """
+    response.stream = None  # type: ignore[assignment]
+
+
 T = TypeVar("T")
 
 
