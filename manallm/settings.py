@@ -58,7 +58,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "manallm.middleware.RequestIDMiddleware",
     "manallm.middleware.SecurityMiddleware",
-    "corsheaders.middleware.CorsMiddleware",
+    "manallm.middleware.CorsMiddleware",
     "manallm.middleware.PrometheusMiddleware",
     "manallm.middleware.BrowserStackMiddleware",
     "manallm.middleware.ClientKeyMiddleware",

@@ -104,6 +104,15 @@ def test_cors_unknown_origin_gets_no_allow_header(http, fake):
     assert "access-control-allow-origin" not in response.headers
 
 
+def test_a_request_without_origin_varies_on_it_and_gets_no_cors_headers(http, fake):
+    """What a shared cache in front must know: the answer depends on Origin, even when the
+    request (an SDK, a server) sent none."""
+    response = http.post("/v1/chat/completions", json=chat(), headers={"Authorization": "Bearer k1"})
+    assert response.status_code == 200
+    assert "origin" in {v.strip().lower() for v in response.headers["vary"].split(",")}
+    assert not any(name.startswith("access-control-") for name in response.headers)
+
+
 def test_cors_actual_request_exposes_the_gateway_headers(http, fake):
     fake.fault("ollama", "qwen2.5:7b", status=500)
     response = http.post("/v1/chat/completions", json=chat(),
