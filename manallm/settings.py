@@ -240,6 +240,9 @@ BEHIND_HTTPS_PROXY = env("BEHIND_HTTPS_PROXY", "0") == "1"
 if BEHIND_HTTPS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = BEHIND_HTTPS_PROXY
+# Admin messages stay on the server (the session) until shown: the one that carries a newly
+# issued consumer key (README#consumers) must not travel in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 SECURE_SSL_REDIRECT = env("SECURE_SSL_REDIRECT", "1" if BEHIND_HTTPS_PROXY else "0") == "1"
 # Load balancers and Prometheus probe the port directly, over plain HTTP.
 SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]

@@ -45,12 +45,18 @@ def test_create_issue_call_revoke(admin_page):
     page.fill("#id_allowed_models", "mana/*\nollama/*\n")
     page.fill("#id_rpm", "30")
     page.check("#id_issue_key")
+    responses = []
+    page.on("response", lambda response: responses.append(response))
     page.click("input[name=_save]")
 
     message = success_message(page)
     found = KEY.findall(message)
     assert len(found) == 1, repr(message)
     key = found[0]
+    # Shown on the page, never carried in a cookie: the message (signed and compressed, not
+    # encrypted, in Django's default cookie storage) stays on the server until shown.
+    set_cookies = [response.header_value("set-cookie") or "" for response in responses]
+    assert set_cookies and not any("messages=" in header for header in set_cookies)
     assert ask(server, key).choices[0].message.content
     with pytest.raises(openai.PermissionDeniedError) as excinfo:
         ask(server, key, "groq/llama-3.1-8b-instant")
