@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -62,8 +61,7 @@ BUILT_IN = {name: ConsumerView(name) for name in ("env", "admin", "anonymous")}
 
 class ConsumerTable(RevisionedTable):
     def __init__(self) -> None:
-        self.snapshot = Snapshot()
-        self._loading = threading.Lock()
+        super().__init__(Snapshot())
 
     def __str__(self) -> str:
         return "consumers"
@@ -75,24 +73,22 @@ class ConsumerTable(RevisionedTable):
 
         return Revision
 
-    def load(self) -> None:
-        """Read every consumer, key and price (sync; call off the event loop)."""
-        from .models import Consumer, ConsumerKey, Price, Revision
+    def read(self, revision: int) -> Snapshot:
+        """Every consumer, key and price, as the request path reads them."""
+        from .models import Consumer, ConsumerKey, Price
 
-        with self._loading:
-            revision = Revision.current()
-            views = {}
-            for row in Consumer.objects.all():
-                views[row.name] = ConsumerView(
-                    row.name, row.active, tuple(row.allowed_models or ()), row.rpm, row.tpm, row.max_concurrent,
-                    row.token_budget, row.budget_period or "")
-            keys = {}
-            for key in ConsumerKey.objects.select_related("consumer"):
-                keys[key.hash] = KeyView(key.consumer.name, key.prefix,
-                                         key.expires_at.timestamp() if key.expires_at else None,
-                                         key.revoked_at is not None)
-            prices = {price.target: (float(price.prompt), float(price.completion)) for price in Price.objects.all()}
-            self.snapshot = Snapshot(revision, views, keys, prices)
+        views = {}
+        for row in Consumer.objects.all():
+            views[row.name] = ConsumerView(
+                row.name, row.active, tuple(row.allowed_models or ()), row.rpm, row.tpm, row.max_concurrent,
+                row.token_budget, row.budget_period or "")
+        keys = {}
+        for key in ConsumerKey.objects.select_related("consumer"):
+            keys[key.hash] = KeyView(key.consumer.name, key.prefix,
+                                     key.expires_at.timestamp() if key.expires_at else None,
+                                     key.revoked_at is not None)
+        prices = {price.target: (float(price.prompt), float(price.completion)) for price in Price.objects.all()}
+        return Snapshot(revision, views, keys, prices)
 
     # --- the request path -------------------------------------------------------------
 

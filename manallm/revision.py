@@ -8,6 +8,7 @@ The poll lives here once for both; the counter is ``manallm.models.Counter``.
 """
 import dataclasses
 import logging
+import threading
 from typing import Any, Protocol
 
 logger = logging.getLogger("manallm.background")
@@ -22,13 +23,26 @@ class RevisionCounter(Protocol):
 
 class RevisionedTable:
     """An in-memory table as an immutable ``snapshot`` (a dataclass with a ``revision``),
-    swapped whole by ``load``; a subclass says which counter it follows (``counter``)."""
+    swapped whole. A subclass says which counter it follows (``counter``) and how to read
+    its rows into a snapshot (``read``); loading, polling and invalidating are shared."""
 
     snapshot: Any
     counter: "type[RevisionCounter]"  # a class attribute or a property
 
-    def load(self) -> None:  # pragma: no cover - each table reads its own rows
+    def __init__(self, empty: Any) -> None:
+        self.snapshot = empty
+        # Loads run on the DB thread (the poller) and the sync view thread (a write's
+        # on_commit, a read catching up): one at a time, so an older read never lands last.
+        self._loading = threading.Lock()
+
+    def read(self, revision: int) -> Any:  # pragma: no cover - each table reads its own rows
+        """The snapshot of every row, stamped ``revision`` (sync; off the event loop)."""
         raise NotImplementedError
+
+    def load(self) -> None:
+        """Read everything now (sync; call off the event loop)."""
+        with self._loading:
+            self.snapshot = self.read(self.counter.current())
 
     def poll(self) -> None:
         """Reload when another process (or path) moved the revision (cheap otherwise: one row)."""

@@ -6,7 +6,6 @@ request path reads it without a lock and without a query. It is reloaded when th
 right after this process commits a change (``invalidate``, from routing.signals).
 """
 import logging
-import threading
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -63,10 +62,7 @@ class Snapshot:
 
 class AliasTable(RevisionedTable):
     def __init__(self):
-        self.snapshot = Snapshot()
-        # Loads run on the DB thread (poller), the sync view thread (a write's on_commit,
-        # an alias read catching up): one at a time, so an older read never lands last.
-        self._loading = threading.Lock()
+        super().__init__(Snapshot())
 
     def __str__(self):
         return "aliases"
@@ -78,21 +74,19 @@ class AliasTable(RevisionedTable):
 
         return Revision
 
-    def load(self) -> None:
-        """Read every alias (sync; call off the event loop)."""
-        from .models import Alias, Revision
+    def read(self, revision: int) -> Snapshot:
+        """Every alias, as the request path reads them."""
+        from .models import Alias
 
-        with self._loading:
-            revision = Revision.current()
-            aliases, default = {}, None
-            for alias in Alias.objects.prefetch_related("entries"):
-                aliases[alias.name] = AliasView(
-                    alias.name, alias.description, tuple(Entry.from_spec(entry.spec()) for entry in alias.entries.all()),
-                    alias.stream_continuation, alias.cache_ttl,
-                )
-                if alias.is_default:
-                    default = alias.name
-            self.snapshot = Snapshot(revision, aliases, default)
+        aliases, default = {}, None
+        for alias in Alias.objects.prefetch_related("entries"):
+            aliases[alias.name] = AliasView(
+                alias.name, alias.description, tuple(Entry.from_spec(entry.spec()) for entry in alias.entries.all()),
+                alias.stream_continuation, alias.cache_ttl,
+            )
+            if alias.is_default:
+                default = alias.name
+        return Snapshot(revision, aliases, default)
 
     # --- model names (README#model-names) -----------------------------------------------
 
