@@ -77,6 +77,17 @@ class Server:
             raise RuntimeError(f"gateway did not start:\n{self.logs()}")
         return self
 
+    def launch(self):
+        """Start it as `make run` does (manallm.serve: WEB_CONCURRENCY workers, a SIGTERM
+        that drains and flushes), rather than a bare daphne."""
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "manallm.serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        if not wait_for(self._ready, timeout=30, interval=0.05):
+            raise RuntimeError(f"gateway did not start:\n{self.logs()}")
+        return self
+
     def _ready(self):
         if self.process.poll() is not None:
             raise RuntimeError(f"gateway exited early:\n{self.logs()}")

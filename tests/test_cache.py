@@ -6,8 +6,6 @@ Every test asks its own question (its name is in the prompt), so the module's on
 gateway and its cache serve them all without one test's entries reaching another. The
 parts without a server are in tests/test_cache_units.py, Redis in tests/test_cache_redis.py.
 """
-import subprocess
-import sys
 
 import httpx
 import openai
@@ -16,7 +14,7 @@ import yaml
 
 from routing.cache_backends import ENTRY_OVERHEAD
 from tests.helpers import assert_error, chat, content_of, metric_samples, sdk, sse_events, wait_for
-from tests.server import ROOT, gateway_server
+from tests.server import gateway_server
 
 QWEN, GROQ, EMBED = "ollama/qwen2.5:7b", "groq/llama-3.1-8b-instant", "ollama/nomic-embed-text"
 SOLO = "ollama/llama3.1:8b"
@@ -308,13 +306,8 @@ def test_the_lru_bound_holds_in_a_gateway(gw, http, make_server, fake, tmp_path)
 def test_make_run_answers_the_second_identical_request_without_the_upstream(fake, tmp_path):
     """`make run`'s launcher (manallm.serve) with `cache_ttl: 300` on an alias."""
     (tmp_path / "aliases.yaml").write_text(ALIASES)
-    server = gateway_server(tmp_path, fake.url, {"ALIASES_FILE": str(tmp_path / "aliases.yaml")}).prepare()
-    server.log = open(server.log_path, "wb")
-    server.process = subprocess.Popen(
-        [sys.executable, "-m", "manallm.serve", "--host", "127.0.0.1", "--port", str(server.port)],
-        cwd=ROOT, env=server.env, stdout=server.log, stderr=subprocess.STDOUT)
+    server = gateway_server(tmp_path, fake.url, {"ALIASES_FILE": str(tmp_path / "aliases.yaml")}).prepare().launch()
     try:
-        assert wait_for(server._ready, timeout=30), server.logs()
         client = sdk(server)
         first = client.chat.completions.with_raw_response.create(model="mana/cached",
                                                                  messages=chat(None, "make run")["messages"])

@@ -17,8 +17,6 @@ import datetime
 import logging
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import httpx
@@ -28,7 +26,7 @@ import pytest
 from manallm.exchange import Exchange
 from requestlog.buffer import RequestLog, worth_a_row
 from tests.helpers import chat, wait_for
-from tests.server import ROOT, Server, gateway_server, provider_env
+from tests.server import Server, gateway_server, provider_env
 
 KEY = "client-key-for-the-log-test"
 PROMPT = "a confidential prompt about the merger"
@@ -42,12 +40,7 @@ class Launched(Server):
     """A gateway started as `make run` starts it (manallm.serve: a SIGTERM drains and flushes)."""
 
     def start(self):
-        self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "manallm.serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        assert wait_for(self._ready, timeout=30, interval=0.05), self.logs()
-        return self
+        return self.launch()
 
     def stop_gracefully(self):
         self.signal(signal.SIGTERM)

@@ -6,8 +6,6 @@ aliases file (import, --dry-run, --prune, export) and the admin.
 import io
 import signal
 import sqlite3
-import subprocess
-import sys
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -25,7 +23,6 @@ from manallm.exchange import Exchange
 from routing import aliasfile
 from routing.validators import AliasError
 from tests.helpers import FakeClock, add_consumer, assert_error, chat, key_served, new_consumer_key, sdk, wait_for
-from tests.server import ROOT
 
 HOUR = datetime(2026, 3, 15, 12, tzinfo=timezone.utc)
 ADMIN = "test-admin-key"
@@ -323,13 +320,8 @@ def test_usage_held_through_a_postgres_outage(make_server, postgres, postgres_ur
 def test_sigterm_flushes_usage(tmp_path, fake_upstream, fake):
     from tests.server import gateway_server
 
-    server = gateway_server(tmp_path, fake_upstream.url, {"USAGE_FLUSH_SECONDS": "3600"}).prepare()
-    server.log = open(server.log_path, "wb")
-    server.process = subprocess.Popen(
-        [sys.executable, "-m", "manallm.serve", "--host", "127.0.0.1", "--port", str(server.port)],
-        cwd=ROOT, env=server.env, stdout=server.log, stderr=subprocess.STDOUT)
+    server = gateway_server(tmp_path, fake_upstream.url, {"USAGE_FLUSH_SECONDS": "3600"}).prepare().launch()
     try:
-        assert wait_for(server._ready, timeout=30, interval=0.05), server.logs()
         for _ in range(3):
             assert httpx.post(f"{server.url}/v1/chat/completions", json=chat(), timeout=20).status_code == 200
         server.process.send_signal(signal.SIGTERM)

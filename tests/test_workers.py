@@ -10,8 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,13 +31,7 @@ def launcher(tmp_path, fake_url, **env):
     """A prepared gateway (migrated, aliases imported) started as `make run` starts it."""
     server = gateway_server(tmp_path, fake_url, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **env})
     (tmp_path / "metrics").mkdir()
-    server.prepare()
-    server.log = open(server.log_path, "wb")
-    server.process = subprocess.Popen(
-        [sys.executable, "-m", "manallm.serve", "--host", "127.0.0.1", "--port", str(server.port)],
-        cwd=ROOT, env=server.env, stdout=server.log, stderr=subprocess.STDOUT)
-    assert wait_for(server._ready, timeout=30, interval=0.05), server.logs()
-    return server
+    return server.prepare().launch()
 
 
 @pytest.fixture
