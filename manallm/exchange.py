@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 logger = logging.getLogger("manallm.exchange")
 
@@ -46,7 +45,6 @@ class Exchange:
     finished: bool = False
     # What a gate (consumers' admission) must undo when the request ends: concurrency slots.
     on_end: list[Callable[[Exchange], None]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def latency(self) -> float:
